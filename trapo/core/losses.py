@@ -1,0 +1,159 @@
+"""Per-token losses and the mixed TRAPO objective (DESIGN.md §1, §3).
+
+Every function here is pure: tensors in, tensors out, no I/O and no trainer state, so each loss can be
+checked against a closed form in isolation. Shapes: ``(B, T)`` for per-token tensors, ``(B,)`` for
+per-sequence ones.
+"""
+
+from __future__ import annotations
+
+import torch
+
+PREFIX_LOSS_KINDS = ("trsft", "nll", "luffy", "none")
+
+
+def trsft_token_loss(logps: torch.Tensor, alpha: float = 0.1) -> torch.Tensor:
+    """Trust-region SFT loss per token: ``-p / max(sg(p), alpha)`` with ``p = exp(logps)``.
+
+    Why this form: the gradient of plain NLL is ``-∇p / p``, which explodes when the expert takes a token
+    the policy finds unlikely. Dividing by the *stop-gradient* ``max(p, alpha)`` gives the gradient
+    ``-∇p / max(p, alpha)``: identical to NLL inside the trust region (p ≥ alpha), bounded outside it.
+    ``alpha → 0`` recovers NLL's gradient, ``alpha = 1`` gives the loss ``-p``.
+    """
+    if not 0.0 < alpha <= 1.0:
+        raise ValueError(f"alpha must be in (0, 1], got {alpha}")
+    p = logps.exp()
+    return -p / p.detach().clamp(min=alpha)
+
+
+def luffy_token_loss(logps: torch.Tensor, gamma: float = 0.1) -> torch.Tensor:
+    """LUFFY's policy shaping ``-p / (p + gamma)``; the gradient flows through both ``p``.
+
+    Its gradient ``-gamma / (p + gamma)^2 · ∇p`` re-weights low-probability tokens up, but stays bounded.
+    """
+    if gamma <= 0.0:
+        raise ValueError(f"gamma must be > 0, got {gamma}")
+    p = logps.exp()
+    return -p / (p + gamma)
+
+
+def prefix_token_loss(logps: torch.Tensor, kind: str, alpha: float = 0.1, gamma: float = 0.1) -> torch.Tensor:
+    """Loss on imitated (expert-prefix) tokens, selected by ``kind`` (the paper's ablations).
+
+    - ``trsft``: trust-region SFT (the method); ``nll``: ``-log p`` (naive SFT, collapses in the paper);
+    - ``luffy``: ``-p/(p+gamma)``; ``none``: zeros (prefixes are context only).
+    """
+    if kind == "trsft":
+        return trsft_token_loss(logps, alpha)
+    if kind == "nll":
+        return -logps
+    if kind == "luffy":
+        return luffy_token_loss(logps, gamma)
+    if kind == "none":
+        return torch.zeros_like(logps)
+    raise ValueError(f"unknown prefix loss kind {kind!r}; expected one of {PREFIX_LOSS_KINDS}")
+
+
+def policy_gradient_token_loss(
+    logps: torch.Tensor,
+    old_logps: torch.Tensor | None,
+    advantages: torch.Tensor,
+    clip_eps: float | None = None,
+) -> torch.Tensor:
+    """Policy-gradient loss per token ``-Â·ρ`` with ``ρ = π_θ / π_old``.
+
+    With one update per rollout batch ρ = 1 in value but carries the gradient ``∇ log π``; pass
+    ``old_logps=None`` for that case. ``clip_eps`` turns on PPO's pessimistic clip (off by default, as in
+    the reference). ``advantages`` is ``(B,)`` (shared by every token of a sample) or ``(B, T)``.
+    """
+    if old_logps is None:
+        old_logps = logps.detach()
+    if advantages.dim() == 1:
+        advantages = advantages.unsqueeze(-1)
+    ratio = (logps - old_logps).exp()
+    loss = -advantages * ratio
+    if clip_eps is not None:
+        clipped = -advantages * ratio.clamp(1.0 - clip_eps, 1.0 + clip_eps)
+        loss = torch.maximum(loss, clipped)
+    return loss
+
+
+def mixed_loss(
+    logps: torch.Tensor,
+    advantages: torch.Tensor,
+    completion_mask: torch.Tensor,
+    prefix_mask: torch.Tensor,
+    sft_mask: torch.Tensor,
+    *,
+    old_logps: torch.Tensor | None = None,
+    sft_loss: str = "trsft",
+    alpha: float = 0.1,
+    gamma: float = 0.1,
+    prefix_weight: str = "one",
+    clip_eps: float | None = None,
+    max_completion_length: int | None = None,
+    entropies: torch.Tensor | None = None,
+    entropy_coef: float = 0.0,
+    pg_weights: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """The TRAPO objective on one batch of sequences (DESIGN.md §3).
+
+    Token roles, all ``(B, T)`` masks over the response (expert prefix + model continuation):
+    - generated = ``completion_mask & ~prefix_mask``: policy-gradient term ``-Â·ρ``;
+    - ``sft_mask`` (a subset of ``prefix_mask``): prefix loss of kind ``sft_loss`` with weight 1
+      (``prefix_weight="advantage"`` multiplies it by Â instead, as LUFFY does for its off-policy trace);
+    - prefix tokens outside ``sft_mask``: no loss (a second copy of an already imitated prefix).
+
+    Both sums are divided by the same constant ``B × max_completion_length`` ("Dr. GRPO"), so an SFT
+    token and an RL token weigh the same. The entropy bonus subtracts ``entropy_coef`` × the mean entropy
+    of the tokens that carry a loss. ``pg_weights`` (``(B, T)`` or ``(B, 1)``) multiplies the policy-gradient
+    term only, e.g. vLLM's importance-sampling correction between the sampler and the trainer.
+
+    Returns the scalar loss and float metrics: ``pg_loss``, ``sft_loss``, ``entropy``,
+    ``sft_clip_frac`` (share of SFT tokens with p < alpha), ``sft_mean_p``, ``gen_mean_p``.
+    """
+    if prefix_weight not in ("one", "advantage"):
+        raise ValueError(f"prefix_weight must be 'one' or 'advantage', got {prefix_weight!r}")
+    completion_mask, prefix_mask, sft_mask = (m.bool() for m in (completion_mask, prefix_mask, sft_mask))
+    if (sft_mask & ~prefix_mask).any():
+        raise ValueError("sft_mask marks tokens outside prefix_mask: only expert-prefix tokens can be imitated")
+    if (prefix_mask & ~completion_mask).any():
+        raise ValueError("prefix_mask marks tokens outside completion_mask")
+    batch_size, seq_len = logps.shape
+    normalizer = batch_size * (max_completion_length or seq_len)
+    gen_mask = completion_mask & ~prefix_mask
+
+    pg_tok = policy_gradient_token_loss(logps, old_logps, advantages, clip_eps)
+    if pg_weights is not None:
+        pg_tok = pg_tok * pg_weights
+    sft_tok = prefix_token_loss(logps, sft_loss, alpha, gamma)
+    if prefix_weight == "advantage":
+        sft_tok = sft_tok * (advantages.unsqueeze(-1) if advantages.dim() == 1 else advantages)
+    pg_term = (pg_tok * gen_mask).sum() / normalizer
+    sft_term = (sft_tok * sft_mask).sum() / normalizer
+    loss = pg_term + sft_term
+
+    # Prefixes that are context only (sft_loss="none") carry no loss, so no entropy bonus either.
+    loss_mask = gen_mask | sft_mask if sft_loss != "none" else gen_mask
+    entropy = torch.zeros((), device=logps.device)
+    if entropies is not None:
+        entropy = _masked_mean(entropies, loss_mask)
+        loss = loss - entropy_coef * entropy
+
+    with torch.no_grad():
+        p = logps.detach().exp()
+        metrics = {
+            "pg_loss": pg_term.item(),
+            "sft_loss": sft_term.item(),
+            "entropy": entropy.item(),
+            "sft_clip_frac": _masked_mean((p < alpha).float(), sft_mask).item(),
+            "sft_mean_p": _masked_mean(p, sft_mask).item(),
+            "gen_mean_p": _masked_mean(p, gen_mask).item(),
+        }
+    return loss, metrics
+
+
+def _masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean of ``values`` where ``mask`` is set; 0 when nothing is set (no NaN from an empty mask)."""
+    mask = mask.to(values.dtype)
+    return (values * mask).sum() / mask.sum().clamp(min=1.0)
