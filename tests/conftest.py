@@ -1,0 +1,74 @@
+"""Shared fixtures: a tiny local model and a toy addition dataset (no downloads, seeded)."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+def addition_rows(n: int = 16) -> list[dict]:
+    """Rows with prompt, answer and two expert traces whose paragraphs are separated by "\\n\\n"."""
+    rows = []
+    for i in range(n):
+        a, b = i % 7 + 1, i // 7 + 2
+        rows.append(
+            {
+                "prompt": f"{a}+{b}=",
+                "answer": str(a + b),
+                "expert": [f"add {a} and {b}\n\nso the sum is\n\n{a + b}", f"{b} plus {a}\n\ngives {a + b}"],
+            }
+        )
+    return rows
+
+
+@pytest.fixture(scope="session")
+def tokenizer():
+    from trapo.tasks.tiny_model import build_tokenizer
+
+    return build_tokenizer()
+
+
+@pytest.fixture
+def tiny_model(tokenizer):
+    from trapo.tasks.tiny_model import build_model
+
+    return build_model(tokenizer, hidden_size=32, num_layers=1, num_heads=2, seed=0)
+
+
+@pytest.fixture
+def addition_dataset():
+    from datasets import Dataset
+
+    return Dataset.from_list(addition_rows())
+
+
+def constant_reward(value: float):
+    def reward(completions, **kwargs):
+        return [value] * len(completions)
+
+    reward.__name__ = f"constant_{value:g}"
+    return reward
+
+
+def tiny_config(tmp_path, **overrides):
+    from trapo.trainer import TRAPOConfig
+
+    values = dict(
+        output_dir=str(tmp_path / "out"),
+        per_device_train_batch_size=16,
+        max_steps=2,
+        max_completion_length=16,
+        logging_steps=1,
+        report_to=[],
+        save_strategy="no",
+        use_cpu=True,
+        learning_rate=1e-3,
+        seed=0,
+        disable_tqdm=True,
+    )
+    values.update(overrides)
+    return TRAPOConfig(**values)

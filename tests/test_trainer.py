@@ -1,0 +1,183 @@
+"""End-to-end checks of TRAPOTrainer on a tiny randomly initialised model (CPU, no downloads)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import constant_reward, tiny_config
+
+from trapo.core import mixed_loss
+from trapo.presets import RL_PRESETS
+from trapo.trainer import TRAPOConfig, TRAPOTrainer
+
+
+def make_trainer(tmp_path, model, tokenizer, dataset, reward=0.0, **overrides):
+    args = tiny_config(tmp_path, **overrides)
+    return TRAPOTrainer(
+        model=model, reward_funcs=constant_reward(reward), args=args, train_dataset=dataset, processing_class=tokenizer
+    )
+
+
+def rollout(trainer, dataset, num_prompts=2):
+    """One staged rollout on the first prompts, exactly as the training loop builds it."""
+    rows = [dataset[i] for i in range(num_prompts) for _ in range(trainer.num_generations)]
+    trainer.model.train()
+    return trainer._generate_and_score_completions(rows)
+
+
+@pytest.mark.parametrize("method", sorted(RL_PRESETS))
+def test_every_rl_preset_trains_two_steps(tmp_path, tiny_model, tokenizer, addition_dataset, method):
+    before = [p.detach().clone() for p in tiny_model.parameters()]
+    trainer = make_trainer(tmp_path, tiny_model, tokenizer, addition_dataset, reward=0.0, method=method)
+    trainer.train()
+    assert trainer.state.global_step == 2
+    losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
+    assert len(losses) == 2 and all(torch.isfinite(torch.tensor(losses)))
+    moved = any(not torch.equal(a, b.detach()) for a, b in zip(before, tiny_model.parameters(), strict=True))
+    # With reward 0 everywhere GRPO and context-only have zero advantages and no SFT term: only the entropy
+    # bonus moves them; every other preset imitates expert tokens.
+    assert moved
+
+
+def test_zero_reward_fires_every_guided_stage_and_marks_one_sft_copy_per_prefix(
+    tmp_path, tiny_model, tokenizer, addition_dataset
+):
+    trainer = make_trainer(tmp_path, tiny_model, tokenizer, addition_dataset, reward=0.0, max_completion_length=24)
+    out = rollout(trainer, addition_dataset)
+    prefix_mask = out["completion_mask"].bool() & ~out["tool_mask"].bool()
+    guided = prefix_mask.any(dim=1).view(2, 8)
+    sft = out["sft_mask"].bool()
+    # Per group: stage 1 (4 samples) unguided, stages 2-4 (2+1+1 samples) guided.
+    assert guided.tolist() == [[False] * 4 + [True] * 4] * 2
+    # Stage 2's two samples share one prefix: only the first imitates it; stages 3 and 4 once each.
+    assert sft.any(dim=1).view(2, 8).tolist() == [[False] * 4 + [True, False, True, True]] * 2
+    assert torch.equal(sft, prefix_mask & sft.any(dim=1, keepdim=True))
+    # The full-trace sample (stage 4) is the second expert trace + EOS, with nothing generated.
+    full = out["completion_ids"][7][out["completion_mask"][7].bool()].tolist()
+    expected = tokenizer(addition_dataset[0]["expert"][1], add_special_tokens=False)["input_ids"]
+    assert full == expected + [tokenizer.eos_token_id]
+    assert out["tool_mask"][7][out["completion_mask"][7].bool()].sum() == 0
+    # Trace "add 1 and 2\n\nso the sum is\n\n3" is 27 tokens, breaks at 11 and 25. Stage 2 (ratio 0.25): k = 6,
+    # the break at 11 lies before 0.55·27 so the prefix ends after it. Stage 3 (0.5): k = 13, the next break (25)
+    # lies past 0.8·27, so the cut falls back to k.
+    assert tokenizer.decode(out["completion_ids"][4][: int(prefix_mask[4].sum())]) == "add 1 and 2\n\n"
+    assert int(prefix_mask[6].sum()) == 13
+    assert torch.all(out["advantages"] == 0)
+
+
+def test_full_reward_gives_no_guidance_and_zero_advantages(tmp_path, tiny_model, tokenizer, addition_dataset):
+    trainer = make_trainer(tmp_path, tiny_model, tokenizer, addition_dataset, reward=1.0)
+    out = rollout(trainer, addition_dataset)
+    assert not (out["completion_mask"].bool() & ~out["tool_mask"].bool()).any()
+    assert out["sft_mask"].sum() == 0
+    assert torch.all(out["advantages"] == 0)
+    assert trainer.rollout_stats["guided_samples"] == 0
+
+
+def test_advantages_are_group_centred_over_guided_and_unguided_samples(
+    tmp_path, tiny_model, tokenizer, addition_dataset
+):
+    def guided_success(completions, **kwargs):
+        # Scores 1 exactly when the completion starts with the expert's text (guided samples).
+        return [
+            1.0 if c.startswith("add") or c.startswith(kwargs["expert"][i][1][:3]) else 0.0
+            for i, c in enumerate(completions)
+        ]
+
+    args = tiny_config(tmp_path)
+    trainer = TRAPOTrainer(
+        model=tiny_model,
+        reward_funcs=guided_success,
+        args=args,
+        train_dataset=addition_dataset,
+        processing_class=tokenizer,
+    )
+    out = rollout(trainer, addition_dataset, num_prompts=1)
+    guided = (out["completion_mask"].bool() & ~out["tool_mask"].bool()).any(dim=1)
+    rewards = guided.float()  # the random model never writes "add" itself
+    assert torch.allclose(out["advantages"], rewards - rewards.mean())
+    assert guided.sum() == 4
+
+
+def test_trainer_loss_equals_core_mixed_loss(tmp_path, tiny_model, tokenizer, addition_dataset):
+    trainer = make_trainer(tmp_path, tiny_model, tokenizer, addition_dataset, reward=0.0, gradient_checkpointing=False)
+    torch.manual_seed(0)
+    inputs = rollout(trainer, addition_dataset)
+    inputs["advantages"] = torch.randn(inputs["advantages"].shape)
+    trainer.model.train()
+    trainer.current_gradient_accumulation_steps = 1  # set by the training loop
+    loss = trainer._compute_loss(trainer.model, inputs)
+
+    # Independent log-probs: a plain forward pass and log_softmax, no TRL helper.
+    input_ids = torch.cat([inputs["prompt_ids"], inputs["completion_ids"]], dim=1)
+    attention = torch.cat([inputs["prompt_mask"], inputs["completion_mask"]], dim=1)
+    width = inputs["completion_ids"].size(1)
+    logits = trainer.model(input_ids=input_ids, attention_mask=attention).logits[:, -width - 1 : -1]
+    logps = logits.float().log_softmax(-1).gather(-1, inputs["completion_ids"].unsqueeze(-1)).squeeze(-1)
+    entropies = -(logits.float().softmax(-1) * logits.float().log_softmax(-1)).sum(-1)
+    completion = inputs["completion_mask"].bool()
+    prefix = completion & ~inputs["tool_mask"].bool()
+    expected, _ = mixed_loss(
+        logps,
+        inputs["advantages"],
+        completion,
+        prefix,
+        inputs["sft_mask"].bool(),
+        max_completion_length=trainer.max_completion_length,
+        entropies=entropies,
+        entropy_coef=0.001,
+    )
+    torch.testing.assert_close(loss, expected, rtol=1e-4, atol=1e-6)
+    assert inputs["sft_mask"].sum() > 0 and (completion & ~prefix).sum() > 0
+
+
+def test_schedule_size_must_match_num_generations(tmp_path):
+    with pytest.raises(
+        ValueError, match=r"num_generations \(6\) must equal the schedule's total \(4 \+ 2 \+ 1 \+ 1 = 8\)"
+    ):
+        tiny_config(tmp_path, num_generations=6, per_device_train_batch_size=12)
+
+
+def test_custom_schedule_from_config_and_grpo_sized_by_num_generations(tmp_path):
+    args = tiny_config(
+        tmp_path, num_generations=4, schedule=[{"n": 3}, {"n": 1, "prefix_ratio": 0.5, "threshold": 0.5}]
+    )
+    assert [(s.n, s.prefix_ratio, s.threshold) for s in args.micro_groups] == [(3, 0.0, None), (1, 0.5, 0.5)]
+    grpo = tiny_config(tmp_path, method="grpo", num_generations=4)
+    assert [s.n for s in grpo.micro_groups] == [4] and grpo.sft_loss == "none"
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"method": "ppo"}, "unknown method 'ppo'"),
+        ({"method": "sft"}, "not an RL preset"),
+        ({"sft_loss": "kl"}, "sft_loss must be one of"),
+        ({"alpha": 0.0}, r"alpha must be in \(0, 1\]"),
+        ({"schedule": [{"n": 4}, {"n": 4, "prefix_ratio": 0.5}]}, "needs a threshold"),
+        ({"schedule": [{"n": 8, "ratio": 0.5}]}, "unknown keys"),
+        ({"loss_type": "grpo"}, "Dr. GRPO"),
+        ({"per_device_train_batch_size": 4}, "divisible by num_generations"),
+    ],
+)
+def test_config_rejects_bad_settings(tmp_path, overrides, message):
+    with pytest.raises(ValueError, match=message):
+        tiny_config(tmp_path, **overrides)
+
+
+def test_default_config_is_the_paper_recipe(tmp_path):
+    args = TRAPOConfig(output_dir=str(tmp_path), use_cpu=True, report_to=[])
+    assert [(s.n, s.prefix_ratio, s.threshold) for s in args.micro_groups] == [
+        (4, 0.0, None),
+        (2, 0.25, 0.5),
+        (1, 0.5, 0.7),
+        (1, 1.0, 0.9),
+    ]
+    assert (args.alpha, args.sft_loss, args.loss_type, args.scale_rewards, args.beta) == (
+        0.1,
+        "trsft",
+        "dr_grpo",
+        "none",
+        0.0,
+    )
+    assert args.entropy_coef == 0.001 and args.num_iterations == 1 and args.pg_clip is None

@@ -1,0 +1,1 @@
+"""Built-in task and tiny local model for the demo and the tests."""

@@ -1,0 +1,59 @@
+"""A tiny character-level tokenizer and a randomly initialised Qwen2 model, built locally (no downloads).
+
+Used by the tests and the demo. Characters are single tokens, except the paragraph break "\\n\\n", which is one
+token so that prefix cutting at paragraph boundaries is exercised exactly as with a real BPE tokenizer.
+"""
+
+from __future__ import annotations
+
+import string
+
+import torch
+from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
+from transformers import PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM
+
+SPECIAL_TOKENS = ["<pad>", "<eos>", "<unk>"]
+PARAGRAPH = "\n\n"
+CHARS = string.digits + string.ascii_letters + " +-*/=()[]{}<>.,:;?!'\"_^\\|%$#&@~\n"
+
+
+def build_tokenizer(extra_chars: str = "") -> PreTrainedTokenizerFast:
+    """Character tokenizer: one id per character of `CHARS` (+ ``extra_chars``), plus "\\n\\n" and specials."""
+    chars = list(dict.fromkeys(CHARS + extra_chars))
+    vocab = {tok: i for i, tok in enumerate([*SPECIAL_TOKENS, PARAGRAPH, *chars])}
+    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Split(Regex(r"\n\n|[\s\S]"), behavior="isolated")
+    tok.decoder = decoders.Fuse()
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok, pad_token="<pad>", eos_token="<eos>", unk_token="<unk>", padding_side="left"
+    )
+
+
+def build_model(
+    tokenizer: PreTrainedTokenizerFast,
+    hidden_size: int = 64,
+    num_layers: int = 2,
+    num_heads: int = 4,
+    max_positions: int = 512,
+    seed: int = 0,
+) -> Qwen2ForCausalLM:
+    """A randomly initialised Qwen2 decoder sized for CPU, seeded."""
+    config = Qwen2Config(
+        vocab_size=len(tokenizer),
+        hidden_size=hidden_size,
+        intermediate_size=hidden_size * 4,
+        num_hidden_layers=num_layers,
+        num_attention_heads=num_heads,
+        num_key_value_heads=num_heads,
+        max_position_embeddings=max_positions,
+        tie_word_embeddings=True,
+        pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        bos_token_id=None,
+    )
+    torch.manual_seed(seed)
+    model = Qwen2ForCausalLM(config)
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    model.generation_config.eos_token_id = tokenizer.eos_token_id
+    model.generation_config.bos_token_id = None
+    return model
