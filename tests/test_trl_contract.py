@@ -1,0 +1,178 @@
+"""Pins the TRL 1.16 internals that `TRAPOTrainer` relies on (DESIGN.md §7), so an upgrade fails here, loudly.
+
+If one of these tests fails after a TRL upgrade, re-read TRL's ``grpo_trainer.py`` and adapt ``trapo/trainer.py``
+before changing the expectation.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+import warnings
+
+import pytest
+import torch
+import trl
+from conftest import constant_reward, tiny_config
+from trl import GRPOConfig, GRPOTrainer
+
+from trapo.trainer import TRAPOTrainer
+
+
+def test_trl_version_is_pinned():
+    assert trl.__version__ == "1.16.0", (
+        f"TRAPOTrainer was written against TRL 1.16.0, found {trl.__version__}: re-check tests/test_trl_contract.py "
+        "and the private methods it pins"
+    )
+
+
+def _params(func) -> list[str]:
+    return list(inspect.signature(func).parameters)
+
+
+@pytest.mark.parametrize(
+    ("method", "leading"),
+    [
+        ("_generate_and_score_completions", ["self", "inputs"]),
+        ("_generate", ["self", "prompts"]),
+        ("_generate_single_turn", ["self", "prompt_ids", "images", "multimodal_fields", "num_generations"]),
+        ("_tokenize_prompts", ["self", "prompts"]),
+        ("_calculate_rewards", ["self", "inputs", "prompts", "completions", "completion_ids_list"]),
+        (
+            "_get_per_token_logps_and_entropies",
+            ["self", "model", "input_ids", "attention_mask", "logits_to_keep"],
+        ),
+        ("_compute_loss", ["self", "model", "inputs"]),
+        ("_prepare_inputs", ["self", "generation_batch"]),
+    ],
+)
+def test_grpo_private_method_signatures(method, leading):
+    func = getattr(GRPOTrainer, method, None)
+    assert func is not None, f"GRPOTrainer.{method} is gone"
+    params = _params(func)
+    assert params[: len(leading)] == leading, f"GRPOTrainer.{method}{inspect.signature(func)} changed"
+    # Any further parameters must be optional: TRAPOTrainer calls these with exactly the leading ones.
+    extra = list(inspect.signature(func).parameters.values())[len(leading) :]
+    assert all(p.default is not inspect.Parameter.empty for p in extra), f"GRPOTrainer.{method} gained a required arg"
+
+
+def test_get_per_token_logps_and_entropies_accepts_compute_entropy():
+    assert "compute_entropy" in _params(GRPOTrainer._get_per_token_logps_and_entropies)
+
+
+def test_init_accepts_rollout_func_and_peft_config():
+    params = inspect.signature(GRPOTrainer.__init__).parameters
+    for name in ("model", "reward_funcs", "args", "train_dataset", "processing_class", "peft_config", "rollout_func"):
+        assert name in params, f"GRPOTrainer.__init__ lost {name!r}"
+
+
+def test_grpo_loss_is_already_scaled_for_gradient_accumulation():
+    # TRAPOTrainer._compute_loss divides by current_gradient_accumulation_steps itself, like TRL's _compute_loss;
+    # transformers must therefore not divide a second time.
+    assert GRPOTrainer.loss_is_scaled_for_ga is True
+
+
+def test_grpo_config_fields_used_by_trapo():
+    names = {f.name for f in dataclasses.fields(GRPOConfig)}
+    used = {
+        "loss_type",
+        "scale_rewards",
+        "entropy_coef",
+        "use_adaptive_entropy",
+        "num_generations",
+        "num_generations_eval",
+        "steps_per_generation",
+        "generation_batch_size",
+        "max_completion_length",
+        "use_vllm",
+        "vllm_importance_sampling_correction",
+        "beta",
+        "num_iterations",
+    }
+    assert used <= names, f"GRPOConfig lost {sorted(used - names)}"
+    defaults = GRPOConfig(output_dir="unused", use_cpu=True, report_to=[])
+    assert defaults.beta == 0.0 and defaults.num_iterations == 1
+
+
+@pytest.fixture
+def plain_grpo(tmp_path, tiny_model, tokenizer, addition_dataset):
+    """A GRPOTrainer whose rollout_func returns a fixed completion with the first two tokens marked external."""
+    calls = []
+
+    def rollout_func(prompts, trainer):
+        calls.append(len(prompts))
+        prompt_ids = trainer._tokenize_prompts(prompts)[0]
+        completion_ids = [[10, 11, 12, 13, 14, tokenizer.eos_token_id][: 3 + i % 4] for i in range(len(prompts))]
+        env_mask = [[0, 0] + [1] * (len(c) - 2) for c in completion_ids]
+        return {"prompt_ids": prompt_ids, "completion_ids": completion_ids, "logprobs": None, "env_mask": env_mask}
+
+    args = GRPOConfig(
+        output_dir=str(tmp_path / "grpo"),
+        per_device_train_batch_size=8,
+        num_generations=4,
+        max_completion_length=8,
+        use_cpu=True,
+        report_to=[],
+        save_strategy="no",
+        remove_unused_columns=False,
+    )
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*'rollout_func'.*experimental")
+        trainer = GRPOTrainer(
+            model=tiny_model,
+            reward_funcs=constant_reward(0.0),
+            args=args,
+            train_dataset=addition_dataset,
+            processing_class=tokenizer,
+            rollout_func=rollout_func,
+        )
+    trainer.rollout_calls = calls
+    return trainer
+
+
+def test_rollout_func_env_mask_becomes_tool_mask(plain_grpo, addition_dataset):
+    rows = [addition_dataset[i] for i in range(2) for _ in range(4)]
+    plain_grpo.model.train()
+    out = plain_grpo._generate_and_score_completions(rows)
+    assert plain_grpo.rollout_calls == [8]
+    for key in ("prompt_ids", "prompt_mask", "completion_ids", "completion_mask", "advantages", "tool_mask"):
+        assert key in out, f"_generate_and_score_completions no longer returns {key!r}"
+    lengths = out["completion_mask"].sum(dim=1).tolist()
+    assert lengths == [3 + i % 4 for i in range(8)]
+    # env_mask is right-padded with 1 into tool_mask; the two "external" tokens stay 0.
+    expected = torch.ones_like(out["tool_mask"])
+    expected[:, :2] = 0
+    assert torch.equal(out["tool_mask"].cpu(), expected.cpu())
+    assert out["advantages"].shape == (8,)
+
+
+def test_trapo_rollout_goes_through_rollout_func_and_reward_cache(tmp_path, tiny_model, tokenizer, addition_dataset):
+    # TRAPO scores in its staged rollout (one call per stage); TRL must then call the _calculate_rewards override,
+    # which hands back the cache: a fifth call would mean TRL scores by another path.
+    calls = []
+
+    def counting_reward(completions, **kwargs):
+        calls.append(len(completions))
+        return [0.0] * len(completions)
+
+    trainer = TRAPOTrainer(
+        model=tiny_model,
+        reward_funcs=counting_reward,
+        args=tiny_config(tmp_path),
+        train_dataset=addition_dataset,
+        processing_class=tokenizer,
+    )
+    assert trainer.rollout_func == trainer._staged_rollout
+    rows = [addition_dataset[i] for i in range(2) for _ in range(8)]
+    trainer.model.train()
+    out = trainer._generate_and_score_completions(rows)
+    assert calls == [8, 4, 2, 2]  # the 4/2/1/1 schedule over 2 prompts, all guided stages firing at reward 0
+    assert "tool_mask" in out and out["tool_mask"].shape == out["completion_mask"].shape
+    # Guided samples carry external (prefix) tokens, unguided ones none.
+    external = (out["completion_mask"].bool() & ~out["tool_mask"].bool()).any(dim=1).view(2, 8)
+    assert external.tolist() == [[False] * 4 + [True] * 4] * 2
+    for name in ("eos_token_ids", "num_generations", "num_generations_eval", "max_completion_length", "_tokenizer"):
+        assert hasattr(trainer, name), f"GRPOTrainer no longer sets self.{name}"
+    for name in ("reward_funcs", "reward_func_names", "reward_weights", "_metrics", "use_vllm", "tools"):
+        assert hasattr(trainer, name), f"GRPOTrainer no longer sets self.{name}"
+    assert hasattr(trainer, "vllm_importance_sampling_correction")
