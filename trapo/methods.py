@@ -157,16 +157,24 @@ class TrSFTTrainer(SFTTrainer):
             handle.remove()
 
 
-def train_sft(model, tokenizer, dataset, args: TRAPOSFTConfig, **trainer_kwargs):
-    """Fine-tune ``model`` on the expert traces of ``dataset`` (TRAPO rows, or prompt-completion rows as they are)."""
+def train_sft(model, tokenizer, dataset, args: TRAPOSFTConfig, save_final: bool = False, **trainer_kwargs):
+    """Fine-tune ``model`` on the expert traces of ``dataset`` (TRAPO rows, or prompt-completion rows as they are).
+
+    ``save_final`` saves the model and tokenizer to ``args.output_dir`` through the trainer (which gathers ZeRO-3
+    shards; ``model.save_pretrained`` on the returned model would not).
+    """
     if "completion" not in dataset.column_names:
         dataset = expert_sft_dataset(dataset, args.expert_column, max_traces=args.max_expert_traces)
     trainer = TrSFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer, **trainer_kwargs)
     trainer.train()
+    if save_final:
+        trainer.save_model()
     return trainer.model
 
 
-def train_sft_then_grpo(model, tokenizer, dataset, reward_funcs, sft_args: TRAPOSFTConfig, grpo_args):
+def train_sft_then_grpo(
+    model, tokenizer, dataset, reward_funcs, sft_args: TRAPOSFTConfig, grpo_args, save_final: bool = False
+):
     """The SFT→RL baseline: SFT on the expert traces, then GRPO (`TRAPOTrainer`, method="grpo") on the same model."""
     from trapo.trainer import TRAPOTrainer
 
@@ -177,11 +185,13 @@ def train_sft_then_grpo(model, tokenizer, dataset, reward_funcs, sft_args: TRAPO
     differ = [k for k in ("bf16", "fp16", "use_cpu") if getattr(sft_args, k) != getattr(grpo_args, k)]
     if differ:
         raise ValueError(f"sft_args and grpo_args must agree on {differ}: both phases share one accelerate state")
-    model = train_sft(model, tokenizer, dataset, sft_args)
+    model = train_sft(model, tokenizer, dataset, sft_args, save_final=save_final)
     trainer = TRAPOTrainer(
         model=model, reward_funcs=reward_funcs, args=grpo_args, train_dataset=dataset, processing_class=tokenizer
     )
     trainer.train()
+    if save_final:
+        trainer.save_model()
     return trainer.model
 
 
@@ -194,8 +204,12 @@ def train_method(
     *,
     sft_args: TRAPOSFTConfig | None = None,
     rl_args=None,
+    save_final: bool = False,
 ):
-    """Run any baseline by name (`trapo.presets.ALL_METHODS`) and return the trained model."""
+    """Run any baseline by name (`trapo.presets.ALL_METHODS`) and return the trained model.
+
+    ``save_final`` saves each phase's final model and tokenizer to its ``output_dir`` (``trapo train`` does).
+    """
     if method not in (*RL_PRESETS, *SFT_PRESETS):
         raise ValueError(f"unknown method {method!r}; choose one of {', '.join((*RL_PRESETS, *SFT_PRESETS))}")
     if method in ("sft", "sft-then-grpo") and sft_args is None:
@@ -203,9 +217,9 @@ def train_method(
     if method != "sft" and (rl_args is None or reward_funcs is None):
         raise ValueError(f"method {method!r} needs rl_args=TRAPOConfig(method=...) and reward_funcs")
     if method == "sft":
-        return train_sft(model, tokenizer, dataset, sft_args)
+        return train_sft(model, tokenizer, dataset, sft_args, save_final=save_final)
     if method == "sft-then-grpo":
-        return train_sft_then_grpo(model, tokenizer, dataset, reward_funcs, sft_args, rl_args)
+        return train_sft_then_grpo(model, tokenizer, dataset, reward_funcs, sft_args, rl_args, save_final=save_final)
     if rl_args.method != method:
         raise ValueError(f"rl_args.method is {rl_args.method!r} but method {method!r} was asked for")
     from trapo.trainer import TRAPOTrainer
@@ -214,4 +228,6 @@ def train_method(
         model=model, reward_funcs=reward_funcs, args=rl_args, train_dataset=dataset, processing_class=tokenizer
     )
     trainer.train()
+    if save_final:
+        trainer.save_model()
     return trainer.model
