@@ -1,0 +1,116 @@
+"""The evaluation benchmarks (verl layout, DESIGN.md §6): loading, de-duplication, paper defaults.
+
+The shipped parquet files repeat some problems (AIME: 30 problems × 32 copies) so that one sample per row gives
+avg@32. Here each problem is kept once and sampled k times instead, which gives the same estimate and lets pass@k be
+computed per problem. Copies must agree on the answer; a conflict is an error, not a silent choice.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+# The paper's 5-benchmark average (DESIGN.md §4), then the extra ones.
+MATH_BENCHMARKS = ("aime", "amc", "math", "minerva", "olympiad_bench")
+ALL_BENCHMARKS = (*MATH_BENCHMARKS, "aime25", "arc_c")
+CHOICE_BENCHMARKS = frozenset({"arc_c"})
+DISPLAY_NAMES = {
+    "aime": "AIME24",
+    "amc": "AMC",
+    "math": "MATH-500",
+    "minerva": "Minerva",
+    "olympiad_bench": "OlympiadBench",
+    "aime25": "AIME25",
+    "arc_c": "ARC-c",
+}
+# Samples per problem in the paper: avg@32 on AIME24 and AMC (and AIME25, same size), one sample elsewhere.
+PAPER_K = {"aime": 32, "amc": 32, "aime25": 32}
+# TRAPO's published scores (Qwen2.5-Math-7B, DESIGN.md §4), for the comparison column of the report.
+PAPER_TRAPO = {"aime": 28.3, "amc": 66.2, "math": 89.2, "minerva": 41.5, "olympiad_bench": 57.6, "average": 56.6}
+BENCHMARK_DIR_ENV = "TRAPO_BENCHMARK_DIR"
+_CHOICE_LINE = re.compile(r"^\s*\(?([A-Z]|[1-9])\)\s+\S", re.MULTILINE)
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One de-duplicated benchmark problem."""
+
+    benchmark: str
+    index: int
+    messages: tuple[tuple[str, str], ...]  # (role, content) pairs: hashable, in order
+    answer: str
+    copies: int = 1
+    choices: tuple[str, ...] = ()  # option labels of a multiple-choice question, e.g. ("A", "B", "C", "D")
+
+    @property
+    def chat(self) -> list[dict]:
+        return [{"role": role, "content": content} for role, content in self.messages]
+
+    @property
+    def question(self) -> str:
+        return next((c for r, c in reversed(self.messages) if r == "user"), "")
+
+
+def paper_k(name: str) -> int:
+    return PAPER_K.get(name, 1)
+
+
+def default_data_dir() -> Path:
+    """``$TRAPO_BENCHMARK_DIR``, else ``../shared/data/benchmarks`` from the working directory or the repository."""
+    if os.environ.get(BENCHMARK_DIR_ENV):
+        return Path(os.environ[BENCHMARK_DIR_ENV])
+    candidates = [
+        Path.cwd() / "../shared/data/benchmarks",
+        Path(__file__).resolve().parents[2] / "../shared/data/benchmarks",
+    ]
+    for candidate in candidates:
+        if candidate.is_dir():
+            return candidate.resolve()
+    raise FileNotFoundError(
+        f"no benchmark folder found (tried {', '.join(str(c) for c in candidates)}); pass --data-dir or set "
+        f"{BENCHMARK_DIR_ENV}"
+    )
+
+
+def parse_benchmarks(spec: str | list[str] | None) -> list[str]:
+    """``"aime,amc"`` → ["aime", "amc"]; None or "paper" → the five math benchmarks; "all" → every one."""
+    if spec is None or spec == "paper":
+        return list(MATH_BENCHMARKS)
+    if spec == "all":
+        return list(ALL_BENCHMARKS)
+    names = [s.strip() for s in (spec.split(",") if isinstance(spec, str) else spec) if s.strip()]
+    unknown = [n for n in names if n not in ALL_BENCHMARKS]
+    if unknown:
+        raise ValueError(f"unknown benchmark(s) {unknown}; choose from {', '.join(ALL_BENCHMARKS)} (or paper, all)")
+    return list(dict.fromkeys(names))
+
+
+def load_benchmark(name: str, data_dir: str | Path | None = None, limit: int | None = None) -> list[Problem]:
+    """The de-duplicated problems of ``<data_dir>/<name>.parquet`` in file order (the first ``limit`` if given)."""
+    import pandas as pd
+
+    path = Path(data_dir or default_data_dir()) / f"{name}.parquet"
+    if not path.is_file():
+        raise FileNotFoundError(f"benchmark {name!r}: {path} not found")
+    frame = pd.read_parquet(path, columns=["prompt", "reward_model"])
+    answers: dict[tuple, str] = {}
+    copies: dict[tuple, int] = {}
+    for i, (prompt, reward_model) in enumerate(zip(frame["prompt"], frame["reward_model"], strict=True)):
+        key = tuple((str(m["role"]), str(m["content"])) for m in prompt)
+        answer = str(reward_model["ground_truth"]).strip()
+        if key in answers and answers[key] != answer:
+            raise ValueError(
+                f"{path}: row {i} repeats a problem with a different answer ({answer!r} vs {answers[key]!r})"
+            )
+        answers.setdefault(key, answer)
+        copies[key] = copies.get(key, 0) + 1
+    problems = []
+    for index, (key, answer) in enumerate(answers.items()):
+        if limit is not None and index >= limit:
+            break
+        question = next((c for r, c in reversed(key) if r == "user"), "")
+        choices = tuple(_CHOICE_LINE.findall(question)) if name in CHOICE_BENCHMARKS else ()
+        problems.append(Problem(name, index, key, answer, copies[key], choices))
+    return problems

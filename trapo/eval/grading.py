@@ -1,0 +1,75 @@
+"""Grading of benchmark samples: Math-Verify for math (trapo.rewards.math), the option label for multiple choice.
+
+Only the solution part is graded when the completion closes its reasoning (text after the last ``</think>``), as
+LUFFY's evaluation does; a completion that never closes it is graded whole (LUFFY counts it wrong).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+
+from trapo.data.text import after_think
+from trapo.eval.benchmarks import CHOICE_BENCHMARKS, Problem
+from trapo.rewards.math import MathReward, last_boxed
+
+DEFAULT_LABELS = ("A", "B", "C", "D", "E")
+_TEXT_WRAPPER = re.compile(r"\\(?:text|textbf|mathrm|mathbf)\s*\{([^{}]*)\}")
+
+
+def _label_pattern(labels: Sequence[str]) -> str:
+    return "|".join(re.escape(label) for label in sorted(labels, key=len, reverse=True))
+
+
+def extract_choice(text: str, labels: Sequence[str] = DEFAULT_LABELS) -> str | None:
+    """The chosen option label: last ``\\boxed{}`` holding a label, else the last "answer is X", else the last
+    standalone label (``C``, ``(C)``, ``C)``). None when nothing matches."""
+    labels = tuple(labels) or DEFAULT_LABELS
+    text = after_think(text)
+    alt = _label_pattern(labels)
+    standalone = re.compile(rf"(?<![A-Za-z0-9])\(?({alt})\)?(?![A-Za-z0-9])")
+    boxed = last_boxed(text)
+    if boxed is not None:
+        inner = _TEXT_WRAPPER.sub(r"\1", boxed).strip()
+        match = standalone.match(inner)
+        if match:
+            return match.group(1)
+    answer_is = re.compile(
+        rf"answer\s*(?:is|:)?\s*(?:option|choice)?\s*[:\-]?\s*\**\s*\(?({alt})\)?(?![A-Za-z0-9])", re.IGNORECASE
+    )
+    matches = [m.group(1) for m in answer_is.finditer(text) if m.group(1) in labels]
+    if matches:
+        return matches[-1]
+    matches = standalone.findall(text)
+    return matches[-1] if matches else None
+
+
+class Grader:
+    """Grades samples: ``grade(problems, completions) -> [(correct flags, extracted answers)]``, one pair per problem.
+
+    Math answers go through `MathReward` in one call per batch (its worker pool bounds every verification by
+    ``timeout`` seconds, and scores items in parallel).
+    """
+
+    def __init__(self, timeout: float = 5.0, num_workers: int | None = None):
+        self.math = MathReward(timeout=timeout, num_workers=num_workers, name="eval_math")
+
+    def grade(
+        self, problems: Sequence[Problem], completions: Sequence[Sequence[str]]
+    ) -> list[tuple[list[bool], list[str | None]]]:
+        solutions = [[after_think(c) for c in samples] for samples in completions]
+        flat = [(i, s) for i, p in enumerate(problems) if p.benchmark not in CHOICE_BENCHMARKS for s in solutions[i]]
+        scores = iter(self.math([s for _, s in flat], answer=[problems[i].answer for i, _ in flat]) if flat else [])
+        results = []
+        for problem, samples in zip(problems, solutions, strict=True):
+            if problem.benchmark in CHOICE_BENCHMARKS:
+                extracted = [extract_choice(s, problem.choices or DEFAULT_LABELS) for s in samples]
+                correct = [e is not None and e == problem.answer.strip() for e in extracted]
+            else:
+                correct = [next(scores) >= 1.0 for _ in samples]
+                extracted = [last_boxed(s) for s in samples]
+            results.append((correct, extracted))
+        return results
+
+    def close(self) -> None:
+        self.math.close()
