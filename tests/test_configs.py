@@ -1,0 +1,170 @@
+"""configs/ and `trapo train`: every YAML resolves into valid configs without loading a model, the recipe carries
+DESIGN.md §4's values, overrides work TRL-style, the context extension is applied at load time, and a whole
+`trapo train` run (sft-then-grpo, both phases) works on the tiny model."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from conftest import addition_rows
+
+from trapo.cli import main
+from trapo.methods import TRAPOSFTConfig
+from trapo.models import with_context_overrides
+from trapo.presets import PAPER_STAGES, RL_PRESETS, rl_preset
+from trapo.train_config import load_train_plan
+from trapo.trainer import TRAPOConfig
+
+CONFIGS = Path(__file__).parents[1] / "configs"
+RECIPE = CONFIGS / "trapo_qwen2.5_math_7b.yaml"
+GPUS = 8
+
+
+def plan_for(path, tmp_path, *extra):
+    # use_cpu: bf16 configs validate on a machine without a GPU only with it (transformers checks the hardware).
+    return load_train_plan(str(path), ["--output_dir", str(tmp_path / "out"), "--set", "use_cpu=true", *extra])
+
+
+@pytest.mark.parametrize("path", sorted(CONFIGS.glob("*.yaml")), ids=lambda p: p.stem)
+def test_every_config_resolves(path, tmp_path):
+    plan = plan_for(path, tmp_path)
+    assert plan.script.model_name_or_path == "Qwen/Qwen2.5-Math-7B"
+    assert plan.script.rope_theta == 40000 and plan.script.max_position_embeddings == 16384
+    assert Path(plan.script.chat_template_file).is_file()
+    if plan.method in RL_PRESETS or plan.method == "sft-then-grpo":
+        assert isinstance(plan.rl_args, TRAPOConfig)
+        preset = rl_preset(plan.rl_args.method, plan.rl_args.num_generations)
+        assert plan.rl_args.schedule == preset["schedule"] and plan.rl_args.sft_loss == preset["sft_loss"]
+        assert plan.rl_args.output_dir == str(tmp_path / "out")
+    if plan.method in ("sft", "sft-then-grpo"):
+        assert isinstance(plan.sft_args, TRAPOSFTConfig)
+        assert plan.sft_args.sft_loss == "nll" and plan.sft_args.loss_type == "nll"
+    if plan.method == "sft":
+        assert plan.rl_args is None and plan.sft_args.output_dir == str(tmp_path / "out")
+    if plan.method == "sft-then-grpo":
+        assert plan.rl_args.method == "grpo" and plan.sft_args.output_dir == str(tmp_path / "out" / "sft")
+    expected_method = {"trapo_qwen2.5_math_7b": "trapo"}.get(path.stem, path.stem)
+    assert plan.method == expected_method
+
+
+def test_the_recipe_has_the_papers_values(tmp_path):
+    args = plan_for(RECIPE, tmp_path).rl_args
+    assert args.method == "trapo" and args.schedule == PAPER_STAGES and args.sft_loss == "trsft" and args.alpha == 0.1
+    assert args.learning_rate == 5e-6 and args.lr_scheduler_type == "constant" and args.weight_decay == 0.01
+    assert args.max_grad_norm == 1.0 and args.max_steps == 500 and args.temperature == 1.0 and args.top_p == 1.0
+    assert args.max_completion_length == 8192 and args.vllm_max_model_length == 1024 + 8192
+    assert args.loss_type == "dr_grpo" and args.scale_rewards == "none" and args.beta == 0.0
+    assert args.entropy_coef == 0.001 and args.num_generations == 8 and args.num_iterations == 1
+    samples_per_step = args.per_device_train_batch_size * args.gradient_accumulation_steps * GPUS
+    assert samples_per_step // args.num_generations == 128  # prompts per optimizer step
+    assert args.steps_per_generation == args.gradient_accumulation_steps  # one optimizer step per rollout batch
+    assert args.use_vllm and args.vllm_mode == "colocate" and args.bf16
+    accelerate = yaml.safe_load((CONFIGS / "accelerate" / "zero3_8gpu.yaml").read_text())
+    assert accelerate["num_processes"] == GPUS and accelerate["deepspeed_config"]["zero_stage"] == 3
+
+
+def test_overrides(tmp_path):
+    plan = plan_for(RECIPE, tmp_path, "--learning_rate", "1e-6", "--set", "schedule=[{n: 8}]", "--set", "alpha=0.2")
+    assert plan.rl_args.learning_rate == 1e-6 and plan.rl_args.alpha == 0.2
+    assert plan.rl_args.schedule == [{"n": 8}]
+    assert plan_for(RECIPE, tmp_path, "--method", "grpo", "--set", "schedule=null").rl_args.method == "grpo"
+    plan = plan_for(CONFIGS / "sft-then-grpo.yaml", tmp_path, "--set", "sft.learning_rate=1e-5")
+    assert plan.sft_args.learning_rate == 1e-5 and plan.rl_args.learning_rate == 5e-6
+    with pytest.raises(ValueError, match=r"unknown config key\(s\) \['learning_rat'\]"):
+        plan_for(RECIPE, tmp_path, "--set", "learning_rat=1")
+    with pytest.raises(ValueError, match="unknown command-line option"):
+        plan_for(RECIPE, tmp_path, "--no_such_option", "3")
+    with pytest.raises(ValueError, match="num_generations"):
+        plan_for(RECIPE, tmp_path, "--set", "num_generations=4")  # the schedule sums to 8
+
+
+def test_dry_run_prints_the_resolved_plan(tmp_path, capsys):
+    argv = ["train", "--config", str(RECIPE), "--dry-run", "--output_dir", str(tmp_path), "--set", "use_cpu=true"]
+    assert main(argv) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert printed["method"] == "trapo" and printed["rl"]["schedule"] == PAPER_STAGES
+
+
+def test_chat_template_renders_prompt_as_a_prefix_of_prompt_and_completion(tokenizer):
+    from trapo.tasks.tiny_model import build_tokenizer
+
+    tok = build_tokenizer()
+    tok.chat_template = (CONFIGS / "chat_templates" / "qwen_think.jinja").read_text()
+    messages = [{"role": "system", "content": "S"}, {"role": "user", "content": "Q"}]
+    prompt = tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    full = tok.apply_chat_template([*messages, {"role": "assistant", "content": "R"}], tokenize=False)
+    assert prompt.endswith("<|im_start|>assistant\n<think>\n") and full == prompt + "R<|im_end|>\n"
+
+
+def save_tiny(tokenizer, path):
+    from trapo.tasks.tiny_model import build_model
+
+    build_model(tokenizer, hidden_size=32, num_layers=1, num_heads=2, seed=0).save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
+
+
+def test_context_override_is_a_patched_view(tmp_path, tokenizer):
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    source = save_tiny(tokenizer, tmp_path / "tiny")
+    original = (source / "config.json").read_text()
+    assert with_context_overrides(str(source), tmp_path / "view") == str(source)  # nothing to override
+    view = Path(with_context_overrides(str(source), tmp_path / "view", 40000, 16384))
+    config = AutoConfig.from_pretrained(view)
+    assert config.rope_parameters["rope_theta"] == 40000 and config.max_position_embeddings == 16384
+    assert (source / "config.json").read_text() == original
+    assert (view / "model.safetensors").is_symlink()
+    model = AutoModelForCausalLM.from_pretrained(view)
+    assert model.config.rope_parameters["rope_theta"] == 40000
+    assert with_context_overrides(str(source), view, 40000, 16384) == str(view)  # idempotent
+
+
+def parity_reward(completions, **kwargs):
+    return [float(len(c) % 2) for c in completions]
+
+
+def test_trapo_train_end_to_end(tmp_path, tokenizer):
+    source = save_tiny(tokenizer, tmp_path / "tiny")
+    data = tmp_path / "rows.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in addition_rows(8)))
+    template = tmp_path / "template.jinja"
+    template.write_text("{% for m in messages %}{{ m['content'] }}{% endfor %}")
+    config = {
+        "method": "sft-then-grpo",
+        "model_name_or_path": str(source),
+        "dataset_name": str(data),
+        "reward": "test_configs:parity_reward",
+        "rope_theta": 20000,
+        "max_position_embeddings": 1024,
+        "chat_template_file": str(template),
+        "num_generations": 4,
+        "per_device_train_batch_size": 8,
+        "max_completion_length": 8,
+        "max_steps": 1,
+        "learning_rate": 1e-3,
+        "use_cpu": True,
+        "report_to": "none",
+        "save_strategy": "no",
+        "disable_tqdm": True,
+        "output_dir": str(tmp_path / "out"),
+        "sft": {"activation_checkpointing": False},
+    }
+    (tmp_path / "tiny.yaml").write_text(yaml.safe_dump(config))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        assert main(["train", "--config", str(tmp_path / "tiny.yaml")]) == 0
+    finally:
+        torch.set_num_threads(threads)
+    for phase in (tmp_path / "out" / "sft", tmp_path / "out"):
+        saved = json.loads((phase / "config.json").read_text())
+        assert saved["rope_parameters"]["rope_theta"] == 20000 and saved["max_position_embeddings"] == 1024
+        assert (phase / "model.safetensors").is_file()
+        from transformers import AutoTokenizer
+
+        assert AutoTokenizer.from_pretrained(phase).chat_template == template.read_text()
