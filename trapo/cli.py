@@ -57,7 +57,7 @@ def _add_eval(sub) -> None:
     p.add_argument(
         "--data-dir", default=None, help="folder of <benchmark>.parquet (default: ../shared/data/benchmarks)"
     )
-    p.add_argument("--output-dir", default=None, help="where results go (default: eval_results/<model name>)")
+    p.add_argument("--output-dir", default=None, help="where results go (default: runs/eval/<model name>)")
     p.add_argument("--backend", choices=("auto", "vllm", "hf"), default="auto", help="auto: vLLM when installed")
     p.add_argument("--temperature", type=float, default=0.6)
     p.add_argument("--top-p", type=float, default=1.0)
@@ -90,7 +90,7 @@ def _eval(args, rest) -> int:
 
     names = parse_benchmarks(args.benchmarks)
     benchmarks = {name: load_benchmark(name, args.data_dir, args.limit) for name in names}
-    output_dir = Path(args.output_dir or Path("eval_results") / Path(args.model.rstrip("/")).name)
+    output_dir = Path(args.output_dir or Path("runs") / "eval" / Path(args.model.rstrip("/")).name)
     model_path = with_context_overrides(
         args.model, output_dir / "model-view", args.rope_theta, args.max_position_embeddings
     )

@@ -58,14 +58,20 @@ def with_context_overrides(
         if item.name == "config.json":
             continue
         link = out / item.name
+        if link.is_symlink() and link.resolve() == item.resolve():
+            continue
         if link.is_symlink() or link.exists():
-            if link.is_symlink() and link.resolve() == item.resolve():
-                continue
             link.unlink()
-        link.symlink_to(item.resolve())
-    tmp = out / "config.json.tmp"
-    tmp.write_text(json.dumps(config, indent=2))
-    os.replace(tmp, out / "config.json")
+        try:
+            link.symlink_to(item.resolve())
+        except FileExistsError:  # another process of the same run made it meanwhile
+            pass
+    text = json.dumps(config, indent=2)
+    target = out / "config.json"
+    if not target.is_file() or target.read_text() != text:  # other processes find it done and only check it
+        tmp = out / f"config.json.{os.getpid()}.tmp"
+        tmp.write_text(text)
+        os.replace(tmp, target)
     _check_overrides(out, rope_theta, max_position_embeddings)
     return str(out)
 

@@ -255,7 +255,7 @@ def run_train(plan: TrainPlan) -> int:
 
     script = plan.script
     first = plan.sft_args if plan.sft_args is not None else plan.rl_args
-    with PartialState().main_process_first():
+    with PartialState().local_main_process_first():  # one writer per node; the others find the view ready
         model_path = with_context_overrides(
             script.model_name_or_path,
             Path(plan.rl_args.output_dir if plan.rl_args is not None else first.output_dir) / "base-model",
