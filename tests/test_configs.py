@@ -89,7 +89,7 @@ def test_dry_run_prints_the_resolved_plan(tmp_path, capsys):
     assert printed["method"] == "trapo" and printed["rl"]["schedule"] == PAPER_STAGES
 
 
-def test_chat_template_renders_prompt_as_a_prefix_of_prompt_and_completion(tokenizer):
+def test_chat_template_renders_prompt_as_a_prefix_of_prompt_and_completion():
     from trapo.tasks.tiny_model import build_tokenizer
 
     tok = build_tokenizer()
