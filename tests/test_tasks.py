@@ -32,7 +32,8 @@ def test_train_and_eval_splits_are_disjoint_and_cover_every_tier():
 
 
 def test_every_expert_solution_verifies_and_has_paragraph_steps():
-    for row, problem in zip(to_rows(make_problems(200, TIERS, "eval", 0)), make_problems(200, TIERS, "eval", 0)):
+    problems = make_problems(200, TIERS, "eval", 0)
+    for row, problem in zip(to_rows(problems), problems, strict=True):
         assert len(row["expert"]) == 2 and row["expert"][0] != row["expert"][1]
         for trace in row["expert"]:
             assert verify(trace, problem.operands)
@@ -66,3 +67,19 @@ def test_reward_accepts_chat_messages_and_rejects_foreign_prompts():
     assert chain_reward([[{"role": "assistant", "content": "1+2=3\n\nanswer 3"}]], [p.prompt]) == [1.0]
     assert chain_reward(["1+2=3\n\nanswer 3"], ["what is 1+2?"]) == [0.0]
     assert parse_prompt("mod 10: 1+2+3=") == (1, 2, 3) and parse_prompt("1+2=") is None
+
+
+def test_tiny_model_and_tokenizer_round_trip_through_auto_classes(tmp_path):
+    """A saved tiny checkpoint must reload with the same tokenizer: whitespace and "\\n\\n" are tokens."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from trapo.tasks.tiny_model import build_model, build_tokenizer
+
+    tokenizer = build_tokenizer()
+    build_model(tokenizer, hidden_size=32, num_layers=1).save_pretrained(tmp_path)
+    tokenizer.save_pretrained(tmp_path)
+    text = "start 3\n\nadd 8 get 1\n\nanswer 1"
+    reloaded = AutoTokenizer.from_pretrained(tmp_path)
+    assert reloaded(text)["input_ids"] == tokenizer(text)["input_ids"]
+    assert reloaded.decode(reloaded(text)["input_ids"]) == text
+    assert AutoModelForCausalLM.from_pretrained(tmp_path).config.vocab_size == len(tokenizer)

@@ -1,7 +1,12 @@
-"""A tiny character-level tokenizer and a randomly initialised Qwen2 model, built locally (no downloads).
+"""A tiny character-level tokenizer and a randomly initialised Llama model, built locally (no downloads).
 
 Used by the tests and the demo. Characters are single tokens, except the paragraph break "\\n\\n", which is one
 token so that prefix cutting at paragraph boundaries is exercised exactly as with a real BPE tokenizer.
+
+Why Llama and not Qwen2 (the paper's family): transformers 5 loads the tokenizer of a saved ``qwen2`` checkpoint
+as ``Qwen2Tokenizer`` whatever ``tokenizer_config.json`` says, which rebuilds a byte-level BPE pipeline and
+silently drops this tokenizer's whitespace tokens. A ``llama`` checkpoint honours the saved ``TokenizersBackend``,
+so ``AutoTokenizer.from_pretrained`` round-trips (``tests/test_tasks.py`` checks it).
 """
 
 from __future__ import annotations
@@ -10,7 +15,7 @@ import string
 
 import torch
 from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
-from transformers import PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM
+from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
 SPECIAL_TOKENS = ["<pad>", "<eos>", "<unk>"]
 PARAGRAPH = "\n\n"
@@ -36,9 +41,9 @@ def build_model(
     num_heads: int = 4,
     max_positions: int = 512,
     seed: int = 0,
-) -> Qwen2ForCausalLM:
-    """A randomly initialised Qwen2 decoder sized for CPU, seeded."""
-    config = Qwen2Config(
+) -> LlamaForCausalLM:
+    """A randomly initialised Llama decoder sized for CPU, seeded."""
+    config = LlamaConfig(
         vocab_size=len(tokenizer),
         hidden_size=hidden_size,
         intermediate_size=hidden_size * 4,
@@ -52,7 +57,7 @@ def build_model(
         bos_token_id=None,
     )
     torch.manual_seed(seed)
-    model = Qwen2ForCausalLM(config)
+    model = LlamaForCausalLM(config)
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     model.generation_config.eos_token_id = tokenizer.eos_token_id
     model.generation_config.bos_token_id = None
