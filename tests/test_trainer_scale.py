@@ -128,8 +128,8 @@ def test_resume_from_checkpoint_reproduces_the_uninterrupted_run(tmp_path, token
         [(h["step"], h["loss"], h["reward"]) for h in t.state.log_history if "loss" in h] for t in (full, resumed)
     )
     assert resumed_log == full_log
-    # Rollout counters live on the trainer object, not in the checkpoint: the resumed trainer counts steps 3-4 only.
-    assert resumed.rollout_stats["prompts"] == 2 and full.rollout_stats["prompts"] == 4
+    # Rollout counters are saved in the checkpoint: the resumed trainer restores steps 1-2's and counts on.
+    assert resumed.rollout_stats == full.rollout_stats and full.rollout_stats["prompts"] == 4
 
 
 def _free_port() -> int:

@@ -20,6 +20,7 @@ from trl import SFTConfig, SFTTrainer
 from trl.data_utils import is_conversational
 from trl.trainer.utils import FusedCausalLMOutput
 
+from trapo.checkpointing import CrashSafeCheckpoints
 from trapo.core import prefix_token_loss
 from trapo.presets import RL_PRESETS, SFT_PRESETS
 
@@ -106,7 +107,7 @@ class TRAPOSFTConfig(SFTConfig):
             )
 
 
-class TrSFTTrainer(SFTTrainer):
+class TrSFTTrainer(CrashSafeCheckpoints, SFTTrainer):
     """`SFTTrainer` whose per-token loss is ``args.sft_loss`` (``nll`` | ``trsft``).
 
     How: TRL's `compute_loss` takes the loss as ``-log_probs`` summed over the label tokens of its fused LM-head

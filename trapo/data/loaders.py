@@ -68,7 +68,10 @@ def from_verl_row(row: dict, expert_format: str = "think") -> dict:
     prompt = row.get("prompt")
     if isinstance(prompt, list | tuple):
         prompt = [{"role": m.get("role"), "content": m.get("content")} for m in prompt]
-    return {"prompt": prompt, "answer": reward_model.get("ground_truth"), "expert": traces}
+    answer = reward_model.get("ground_truth")
+    if isinstance(answer, int | float) and not isinstance(answer, bool):
+        answer = str(answer)  # some verl files store numeric ground truths; rewards compare text
+    return {"prompt": prompt, "answer": answer, "expert": traces}
 
 
 def from_verl_rows(rows: Iterable[dict], expert_format: str = "think") -> list[dict]:

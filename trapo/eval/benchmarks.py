@@ -93,8 +93,16 @@ def load_benchmark(name: str, data_dir: str | Path | None = None, limit: int | N
 
     path = Path(data_dir or default_data_dir()) / f"{name}.parquet"
     if not path.is_file():
-        raise FileNotFoundError(f"benchmark {name!r}: {path} not found")
-    frame = pd.read_parquet(path, columns=["prompt", "reward_model"])
+        raise FileNotFoundError(
+            f"benchmark {name!r}: {path} not found; pass --data-dir with the folder of <benchmark>.parquet files"
+        )
+    try:
+        frame = pd.read_parquet(path, columns=["prompt", "reward_model"])
+    except Exception as error:  # pyarrow's errors name neither the file nor the fix
+        raise ValueError(
+            f"benchmark {name!r}: {path} is not a readable parquet file with 'prompt' and 'reward_model' columns "
+            f"({type(error).__name__}: {error}); copy it again from the source"
+        ) from error
     answers: dict[tuple, str] = {}
     copies: dict[tuple, int] = {}
     for i, (prompt, reward_model) in enumerate(zip(frame["prompt"], frame["reward_model"], strict=True)):

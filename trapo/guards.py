@@ -1,0 +1,87 @@
+"""Guards that keep a long run alive: bounded reward calls and skipped non-finite optimizer steps.
+
+Each guard is small and independent of the trainer so it can be tested on its own; `TRAPOTrainer` wires them in
+(crash-safe checkpoints are in `trapo.checkpointing`).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import torch
+
+logger = logging.getLogger(__name__)
+
+
+# ---------------------------------------------------------------- reward calls
+
+
+class RewardTimeout(Exception):
+    """A reward function did not return within its time limit."""
+
+
+def call_with_timeout(func: Callable[..., Any], timeout: float | None, **kwargs) -> Any:
+    """``func(**kwargs)``, raising `RewardTimeout` after ``timeout`` seconds (None or ≤ 0: no limit).
+
+    Why a daemon thread: a Python function cannot be interrupted from outside, and a subprocess would need the
+    function and its arguments to be picklable, which TRL reward functions (closures, lambdas) often are not. A call
+    that times out is abandoned: its thread runs on in the background and its result is dropped. Rewards that may
+    hang in native code for good (a sympy blow-up) should bound themselves in a killable worker, as
+    `trapo.rewards.math_reward` does; this guard is the backstop that keeps the training loop moving.
+    """
+    if not timeout or timeout <= 0:
+        return func(**kwargs)
+    box: dict[str, Any] = {}
+
+    def target():
+        try:
+            box["value"] = func(**kwargs)
+        except BaseException as error:  # re-raised in the caller's thread
+            box["error"] = error
+
+    thread = threading.Thread(target=target, name=f"reward-{getattr(func, '__name__', 'func')}", daemon=True)
+    thread.start()
+    thread.join(timeout)
+    if thread.is_alive():
+        raise RewardTimeout(f"no result after {timeout:g} s")
+    if "error" in box:
+        raise box["error"]
+    return box["value"]
+
+
+# ---------------------------------------------------------------- non-finite steps
+
+
+def grads_are_finite(parameters: Iterable[torch.nn.Parameter]) -> bool:
+    """True when every gradient present is finite: one reduction per device, then a single host sync."""
+    by_device: dict[torch.device, list[torch.Tensor]] = {}
+    for p in parameters:
+        if p.grad is not None:
+            by_device.setdefault(p.grad.device, []).append(p.grad.isfinite().all())
+    flags = [torch.stack(v).all().cpu() for v in by_device.values()]
+    return bool(torch.stack(flags).all()) if flags else True
+
+
+def skip_nonfinite_steps(optimizer: torch.optim.Optimizer, all_finite: Callable[[bool], bool], on_skip) -> None:
+    """Make ``optimizer.step`` a no-op when any gradient is NaN or infinite, so weights and optimizer state stay
+    exactly as they were (zeroing the gradients instead would still move Adam's moments and apply weight decay).
+
+    ``all_finite(local_flag)`` turns this process's verdict into the global one (an all-reduce under several
+    processes, so every rank skips together); ``on_skip()`` is called for each skipped step.
+    """
+    if getattr(optimizer, "_trapo_guarded", False):
+        return
+    inner_step = optimizer.step
+
+    def step(*args, **kwargs):
+        params = (p for group in optimizer.param_groups for p in group["params"])
+        if not all_finite(grads_are_finite(params)):
+            on_skip()
+            return None
+        return inner_step(*args, **kwargs)
+
+    optimizer.step = step
+    optimizer._trapo_guarded = True
