@@ -181,3 +181,27 @@ def test_default_config_is_the_paper_recipe(tmp_path):
         0.0,
     )
     assert args.entropy_coef == 0.001 and args.num_iterations == 1 and args.pg_clip is None
+
+
+@pytest.mark.parametrize("reward", [0.0, 1.0])
+def test_speculative_rollout_takes_the_same_decisions_as_staged(
+    tmp_path, tiny_model, tokenizer, addition_dataset, reward
+):
+    """Same guidance, prefixes and SFT marks as 'staged' in one generate call; the unpicked candidates are counted."""
+    outs, trainers = {}, {}
+    for mode in ("staged", "speculative"):
+        trainers[mode] = make_trainer(
+            tmp_path / mode, tiny_model, tokenizer, addition_dataset, reward=reward, rollout=mode
+        )
+        outs[mode] = rollout(trainers[mode], addition_dataset)
+    staged, speculative = outs["staged"], outs["speculative"]
+    for key in ("sft_mask", "advantages"):
+        assert torch.equal(staged[key], speculative[key]), key
+    prefix = {m: (o["completion_mask"] & ~o["tool_mask"].bool()).sum(1) for m, o in outs.items()}
+    assert torch.equal(prefix["staged"], prefix["speculative"])
+    stats = {m: t.rollout_stats for m, t in trainers.items()}
+    assert stats["speculative"]["generation_calls"] == 1 < stats["staged"]["generation_calls"]
+    assert stats["speculative"]["guided_samples"] == stats["staged"]["guided_samples"]
+    # Paper schedule: stages 2-4 have both variants (2 + 1 + 1 samples each); one variant per stage is dropped,
+    # the unguided ones with reward 0 and the guided ones with reward 1: 4 per prompt, 2 prompts.
+    assert stats["speculative"]["discarded_samples"] == 2 * 4
