@@ -168,3 +168,39 @@ def test_trapo_train_end_to_end(tmp_path, tokenizer):
         from transformers import AutoTokenizer
 
         assert AutoTokenizer.from_pretrained(phase).chat_template == template.read_text()
+
+
+def test_trapo_train_resume_continues_from_the_last_complete_checkpoint(tmp_path, tokenizer, caplog):
+    source = save_tiny(tokenizer, tmp_path / "tiny")
+    data = tmp_path / "rows.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in addition_rows(8)))
+    config = {
+        "method": "trapo",
+        "model_name_or_path": str(source),
+        "dataset_name": str(data),
+        "reward": "test_configs:parity_reward",
+        "per_device_train_batch_size": 8,
+        "max_completion_length": 8,
+        "max_steps": 2,
+        "use_cpu": True,
+        "report_to": "none",
+        "save_strategy": "steps",
+        "save_steps": 1,
+        "logging_steps": 1,
+        "disable_tqdm": True,
+        "output_dir": str(tmp_path / "out"),
+    }
+    (tmp_path / "run.yaml").write_text(yaml.safe_dump(config))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        assert main(["train", "--config", str(tmp_path / "run.yaml")]) == 0
+        (tmp_path / "out" / "checkpoint-2" / "trapo_complete.json").unlink()  # as if killed while saving step 2
+        assert main(["train", "--config", str(tmp_path / "run.yaml"), "--max_steps", "3", "--resume"]) == 0
+    finally:
+        torch.set_num_threads(threads)
+    state = json.loads((tmp_path / "out" / "checkpoint-3" / "trainer_state.json").read_text())
+    assert state["global_step"] == 3
+    assert [h["step"] for h in state["log_history"] if "loss" in h] == [1, 2, 3]
+    assert "skipping incomplete checkpoint" in caplog.text
+    assert f"resuming from {tmp_path / 'out' / 'checkpoint-1'}" in caplog.text

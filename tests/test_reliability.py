@@ -246,6 +246,23 @@ def test_raising_reward_scores_zero_and_a_broken_one_stops_training(tmp_path, to
         trainer.train()
 
 
+def test_reward_returning_none_or_the_wrong_count(tmp_path, tokenizer):
+    def none_for_all(completions, **kwargs):
+        return [None] * len(completions)
+
+    trainer = make_trainer(tmp_path / "a", tokenizer, reward=none_for_all, max_steps=1, per_device_train_batch_size=8)
+    trainer.train()
+    assert trainer.rollout_stats["unscorable_rewards"] == trainer.rollout_stats["samples"] == 8
+    assert trainer.rollout_stats["guided_samples"] == 4  # scored 0, so every guided stage fires
+
+    def three(completions, **kwargs):
+        return [1.0, 0.0, 1.0]
+
+    trainer = make_trainer(tmp_path / "b", tokenizer, reward=three, per_device_train_batch_size=8)
+    with pytest.raises(ValueError, match="'three' returned 3 rewards for 4 completions"):
+        trainer.train()
+
+
 # ---------------------------------------------------------------- crash safety and resume
 
 

@@ -24,6 +24,14 @@ def _add_train(sub) -> None:
     )
     p.add_argument("--config", help="YAML config (see configs/)")
     p.add_argument("--dry-run", action="store_true", help="resolve and validate the config, print it, load nothing")
+    p.add_argument(
+        "--resume",
+        nargs="?",
+        const=True,
+        default=None,
+        metavar="CHECKPOINT",
+        help="continue a stopped run: from the last complete checkpoint in output_dir, or from CHECKPOINT",
+    )
     p.set_defaults(func=_train)
 
 
@@ -34,7 +42,7 @@ def _train(args, rest) -> int:
     if args.dry_run:
         print(describe_plan(plan))
         return 0
-    return run_train(plan)
+    return run_train(plan, resume=args.resume)
 
 
 # ----------------------------------------------------------------------------------------------------------- eval
@@ -227,14 +235,27 @@ def _unavailable(message: str) -> int:
     return 1
 
 
+# ---------------------------------------------------------------------------------------------------------- bench
+def _add_bench(sub, argv: list[str] | None) -> None:
+    """The bench's own arguments come from trapo.bench, imported only when ``bench`` is the command."""
+    p = sub.add_parser("bench", help="per-step cost of TRAPO vs GRPO, side by side; writes docs/benchmarks.md")
+    if not (argv and argv[0] == "bench"):
+        return
+    from trapo.bench import add_bench_arguments, run_cli
+
+    add_bench_arguments(p)
+    p.set_defaults(func=lambda args, rest: run_cli(args, argv))
+
+
 # ----------------------------------------------------------------------------------------------------------- main
 def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="trapo", description="TRAPO: Trust-Region Adaptive Policy Optimization")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="{train,eval,prepare,demo}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="{train,eval,prepare,demo,bench}")
     _add_train(sub)
     _add_eval(sub)
     _add_prepare(sub)
     _add_demo(sub, wanted=bool(argv) and argv[0] == "demo")
+    _add_bench(sub, argv)
     return parser
 
 

@@ -20,7 +20,7 @@ from trl import SFTConfig, SFTTrainer
 from trl.data_utils import is_conversational
 from trl.trainer.utils import FusedCausalLMOutput
 
-from trapo.checkpointing import CrashSafeCheckpoints
+from trapo.checkpointing import CrashSafeCheckpoints, last_complete_checkpoint
 from trapo.core import prefix_token_loss
 from trapo.presets import RL_PRESETS, SFT_PRESETS
 
@@ -158,7 +158,7 @@ class TrSFTTrainer(CrashSafeCheckpoints, SFTTrainer):
             handle.remove()
 
 
-def train_sft(model, tokenizer, dataset, args: TRAPOSFTConfig, save_final: bool = False, **trainer_kwargs):
+def train_sft(model, tokenizer, dataset, args: TRAPOSFTConfig, save_final: bool = False, resume=None, **trainer_kwargs):
     """Fine-tune ``model`` on the expert traces of ``dataset`` (TRAPO rows, or prompt-completion rows as they are).
 
     ``save_final`` saves the model and tokenizer to ``args.output_dir`` through the trainer (which gathers ZeRO-3
@@ -167,16 +167,20 @@ def train_sft(model, tokenizer, dataset, args: TRAPOSFTConfig, save_final: bool 
     if "completion" not in dataset.column_names:
         dataset = expert_sft_dataset(dataset, args.expert_column, max_traces=args.max_expert_traces)
     trainer = TrSFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer, **trainer_kwargs)
-    trainer.train()
+    trainer.train(resume_from_checkpoint=resume)
     if save_final:
         trainer.save_model()
     return trainer.model
 
 
 def train_sft_then_grpo(
-    model, tokenizer, dataset, reward_funcs, sft_args: TRAPOSFTConfig, grpo_args, save_final: bool = False
+    model, tokenizer, dataset, reward_funcs, sft_args: TRAPOSFTConfig, grpo_args, save_final: bool = False, resume=None
 ):
-    """The SFT→RL baseline: SFT on the expert traces, then GRPO (`TRAPOTrainer`, method="grpo") on the same model."""
+    """The SFT→RL baseline: SFT on the expert traces, then GRPO (`TRAPOTrainer`, method="grpo") on the same model.
+
+    ``resume=True`` continues where a killed run stopped: in the GRPO phase when it has a complete checkpoint (the
+    SFT phase is then skipped: the checkpoint holds the weights), otherwise in the SFT phase.
+    """
     from trapo.trainer import TRAPOTrainer
 
     if grpo_args.method != "grpo":
@@ -186,11 +190,16 @@ def train_sft_then_grpo(
     differ = [k for k in ("bf16", "fp16", "use_cpu") if getattr(sft_args, k) != getattr(grpo_args, k)]
     if differ:
         raise ValueError(f"sft_args and grpo_args must agree on {differ}: both phases share one accelerate state")
-    model = train_sft(model, tokenizer, dataset, sft_args, save_final=save_final)
+    rl_resume, sft_resume = resume, None
+    if resume is True:
+        rl_resume = True if last_complete_checkpoint(grpo_args.output_dir) else None
+        sft_resume = True if rl_resume is None and last_complete_checkpoint(sft_args.output_dir) else None
+    if rl_resume is None:
+        model = train_sft(model, tokenizer, dataset, sft_args, save_final=save_final, resume=sft_resume)
     trainer = TRAPOTrainer(
         model=model, reward_funcs=reward_funcs, args=grpo_args, train_dataset=dataset, processing_class=tokenizer
     )
-    trainer.train()
+    trainer.train(resume_from_checkpoint=rl_resume)
     if save_final:
         trainer.save_model()
     return trainer.model
@@ -206,10 +215,12 @@ def train_method(
     sft_args: TRAPOSFTConfig | None = None,
     rl_args=None,
     save_final: bool = False,
+    resume: bool | str | None = None,
 ):
     """Run any baseline by name (`trapo.presets.ALL_METHODS`) and return the trained model.
 
     ``save_final`` saves each phase's final model and tokenizer to its ``output_dir`` (``trapo train`` does).
+    ``resume``: True resumes from the last complete checkpoint in the output folder, a path from that checkpoint.
     """
     if method not in (*RL_PRESETS, *SFT_PRESETS):
         raise ValueError(f"unknown method {method!r}; choose one of {', '.join((*RL_PRESETS, *SFT_PRESETS))}")
@@ -218,9 +229,11 @@ def train_method(
     if method != "sft" and (rl_args is None or reward_funcs is None):
         raise ValueError(f"method {method!r} needs rl_args=TRAPOConfig(method=...) and reward_funcs")
     if method == "sft":
-        return train_sft(model, tokenizer, dataset, sft_args, save_final=save_final)
+        return train_sft(model, tokenizer, dataset, sft_args, save_final=save_final, resume=resume)
     if method == "sft-then-grpo":
-        return train_sft_then_grpo(model, tokenizer, dataset, reward_funcs, sft_args, rl_args, save_final=save_final)
+        return train_sft_then_grpo(
+            model, tokenizer, dataset, reward_funcs, sft_args, rl_args, save_final=save_final, resume=resume
+        )
     if rl_args.method != method:
         raise ValueError(f"rl_args.method is {rl_args.method!r} but method {method!r} was asked for")
     from trapo.trainer import TRAPOTrainer
@@ -228,7 +241,7 @@ def train_method(
     trainer = TRAPOTrainer(
         model=model, reward_funcs=reward_funcs, args=rl_args, train_dataset=dataset, processing_class=tokenizer
     )
-    trainer.train()
+    trainer.train(resume_from_checkpoint=resume)
     if save_final:
         trainer.save_model()
     return trainer.model

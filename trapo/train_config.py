@@ -245,7 +245,7 @@ def describe_plan(plan: TrainPlan) -> str:
     return json.dumps(summary, indent=2, default=str)
 
 
-def run_train(plan: TrainPlan) -> int:
+def run_train(plan: TrainPlan, resume: bool | str | None = None) -> int:
     """Load the model (with the context override), the data and the rewards; train; save the final model."""
     from accelerate import PartialState
 
@@ -276,6 +276,14 @@ def run_train(plan: TrainPlan) -> int:
     )
     rewards = resolve_rewards(script.reward) if plan.method != "sft" else None
     train_method(
-        plan.method, model, tokenizer, dataset, rewards, sft_args=plan.sft_args, rl_args=plan.rl_args, save_final=True
+        plan.method,
+        model,
+        tokenizer,
+        dataset,
+        rewards,
+        sft_args=plan.sft_args,
+        rl_args=plan.rl_args,
+        save_final=True,
+        resume=resume,
     )
     return 0
