@@ -205,3 +205,22 @@ def test_speculative_rollout_takes_the_same_decisions_as_staged(
     # Paper schedule: stages 2-4 have both variants (2 + 1 + 1 samples each); one variant per stage is dropped,
     # the unguided ones with reward 0 and the guided ones with reward 1: 4 per prompt, 2 prompts.
     assert stats["speculative"]["discarded_samples"] == 2 * 4
+
+
+def test_guided_stages_decode_only_what_the_budget_leaves(tmp_path, tiny_model, tokenizer, addition_dataset):
+    """A stage whose requests all carry a prefix decodes at most budget − shortest prefix new tokens."""
+    trainer = make_trainer(tmp_path, tiny_model, tokenizer, addition_dataset, reward=0.0, max_completion_length=24)
+    seen = []
+    generate = trainer._generate_single_turn
+
+    def recording(prompt_ids, *args):
+        seen.append(trainer.generation_config.max_new_tokens)
+        return generate(prompt_ids, *args)
+
+    trainer._generate_single_turn = recording
+    out = rollout(trainer, addition_dataset)
+    prefix = (out["completion_mask"] & ~out["tool_mask"].bool()).sum(1).view(2, 8)
+    # Stage 1 unguided: the whole budget; stages 2 and 3 (all guided with reward 0): 24 − their shortest prefix.
+    assert seen == [24, 24 - int(prefix[:, 4:6].min()), 24 - int(prefix[:, 6].min())]
+    assert trainer.generation_config.max_new_tokens == 24  # restored
+    assert int(out["completion_mask"].sum(1).max()) <= 24

@@ -176,3 +176,22 @@ def test_trapo_rollout_goes_through_rollout_func_and_reward_cache(tmp_path, tiny
     for name in ("reward_funcs", "reward_func_names", "reward_weights", "_metrics", "use_vllm", "tools"):
         assert hasattr(trainer, name), f"GRPOTrainer no longer sets self.{name}"
     assert hasattr(trainer, "vllm_importance_sampling_correction")
+
+
+def test_generation_budget_knobs_exist(tmp_path, tiny_model, tokenizer, addition_dataset):
+    """`TRAPOTrainer._max_new_tokens` caps a stage's decoding through these TRL attributes."""
+    trainer = TRAPOTrainer(
+        model=tiny_model,
+        reward_funcs=constant_reward(0.0),
+        args=tiny_config(tmp_path),
+        train_dataset=addition_dataset,
+        processing_class=tokenizer,
+    )
+    assert trainer.generation_config.max_new_tokens == trainer.max_completion_length
+    assert trainer.generation_kwargs["max_new_tokens"] == trainer.max_completion_length
+    with trainer._max_new_tokens(5):
+        assert trainer.generation_config.max_new_tokens == 5 and trainer.generation_kwargs["max_new_tokens"] == 5
+    assert trainer.generation_config.max_new_tokens == trainer.max_completion_length
+    from trl.generation.vllm_generation import VLLMGeneration
+
+    assert "max_completion_length" in inspect.signature(VLLMGeneration.__init__).parameters

@@ -13,6 +13,7 @@ How it plugs into TRL (1.16, pinned; `tests/test_trl_contract.py` fails loudly i
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import warnings
@@ -212,6 +213,17 @@ def parse_schedule(schedule: list[dict] | tuple[MicroGroup, ...]) -> tuple[Micro
             )
         )
     return validate_schedule(stages)
+
+
+def _get(obj, key: str):
+    return obj[key] if isinstance(obj, dict) else getattr(obj, key)
+
+
+def _set(obj, key: str, value) -> None:
+    if isinstance(obj, dict):
+        obj[key] = value
+    else:
+        setattr(obj, key, value)
 
 
 @dataclass
@@ -471,15 +483,19 @@ class TRAPOTrainer(CrashSafeCheckpoints, GRPOTrainer):
         todo = [r for r in requests if not (r.prefix and r.prefix[-1] in self.eos_token_ids) and len(r.prefix) < budget]
         local_count = len(todo)
         count = local_count
+        # A prefix uses part of the budget: decode only what the least-prefixed request can keep.
+        max_new = budget - min((len(r.prefix) for r in todo), default=0)
         if self.accelerator.num_processes > 1:
-            # Collective generation (vLLM server, ZeRO-3 gathers) needs the same number of calls and requests on
-            # every process: pad with throw-away copies of the first prompt.
-            count = int(self.accelerator.gather(torch.tensor([local_count], device=self.accelerator.device)).max())
+            # Collective generation (vLLM server, ZeRO-3 gathers) needs the same number of calls and requests, and
+            # the same sampling parameters, on every process: pad with throw-away copies of the first prompt.
+            gathered = self.accelerator.gather(torch.tensor([[local_count, max_new]], device=self.accelerator.device))
+            count, max_new = (int(x) for x in gathered.max(dim=0).values)
         if count == 0:
             return
         batch = [group_prompt_ids[r.group] + r.prefix for r in todo]
         batch += [group_prompt_ids[0]] * (count - local_count)
-        completion_ids, logprobs = self._generate_single_turn(batch, None, {}, 1)
+        with self._max_new_tokens(max_new):
+            completion_ids, logprobs = self._generate_single_turn(batch, None, {}, 1)
         self.rollout_stats["generation_calls"] += 1
         for i, request in enumerate(todo):
             keep = budget - len(request.prefix)
@@ -487,6 +503,25 @@ class TRAPOTrainer(CrashSafeCheckpoints, GRPOTrainer):
             if logprobs is not None:
                 request.logprobs = list(logprobs[i])[:keep]
             self.rollout_stats["generated_tokens"] += len(request.continuation)
+
+    @contextlib.contextmanager
+    def _max_new_tokens(self, max_new: int):
+        """Temporarily cap new tokens in TRL's generation settings (HF ``generate`` and vLLM), then restore them."""
+        targets = []
+        if getattr(self, "generation_config", None) is not None:
+            targets.append((self.generation_config, "max_new_tokens"))
+        if isinstance(getattr(self, "generation_kwargs", None), dict) and "max_new_tokens" in self.generation_kwargs:
+            targets.append((self.generation_kwargs, "max_new_tokens"))
+        if self.use_vllm and getattr(self, "vllm_generation", None) is not None:
+            targets.append((self.vllm_generation, "max_completion_length"))
+        saved = [(obj, key, _get(obj, key)) for obj, key in targets]
+        for obj, key, _ in saved:
+            _set(obj, key, max_new)
+        try:
+            yield
+        finally:
+            for obj, key, value in saved:
+                _set(obj, key, value)
 
     def _score(self, requests: list[_Sample], group_rows: list[dict], example_prompt) -> None:
         """Score each request's whole response (prefix + continuation) with the reward functions, locally."""
