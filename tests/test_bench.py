@@ -217,3 +217,10 @@ def test_cli_bench_help_lists_its_options(capsys):
     out = capsys.readouterr().out
     for option in ("--reps", "--models", "--methods", "--no-isolate", "--output"):
         assert option in out
+
+
+@pytest.mark.parametrize("method", ["trapo", "grpo"])
+def test_loss_token_counters_cover_the_batch(bench_run, method):
+    for step in timed_steps(bench_run, method):
+        assert 0 < step["loss_tokens"] <= step["padded_tokens"]
+        assert step["padded_tokens"] % 16 == 0  # 2 prompts × 8 samples per micro-batch, times the padded width

@@ -45,6 +45,8 @@ COUNTERS = (
     "forwards_generation",
     "forwards_loss",
     "forwards_other",
+    "loss_tokens",
+    "padded_tokens",
 )
 BENCH_METHODS = ("trapo", "grpo", "trl-grpo")  # trl-grpo: TRL's own GRPOTrainer, the reference for `grpo`
 BEGIN, END = "<!-- trapo-bench:begin -->", "<!-- trapo-bench:end -->"
@@ -191,6 +193,11 @@ class StepMeter:
 
     def _after_loss(self, args, result) -> None:
         self.current["micro_batches"] += 1
+        inputs = args[1] if len(args) > 1 else None  # compute_loss(model, inputs, ...)
+        if isinstance(inputs, dict) and "completion_mask" in inputs:
+            # What the forward/backward pay for: completion tokens trained on, and the padded completion area.
+            self.current["loss_tokens"] += int(inputs["completion_mask"].sum())
+            self.current["padded_tokens"] += inputs["completion_mask"].numel()
 
     def _count_forward(self, module, inputs, output) -> None:
         if self.current is not None:
@@ -561,6 +568,8 @@ RATIO_KEYS = (
     "generation_calls",
     "generated_tokens",
     "decode_slots",
+    "loss_tokens",
+    "padded_tokens",
     "forwards_loss_per_micro_batch",
     "peak_memory_mb",
     "step_memory_mb",
@@ -688,6 +697,8 @@ def format_report(bench: dict, command: str, title: str | None = None) -> str:
         ("tokens generated", "generated_tokens", "{:.0f}"),
         ("tokens kept (in the batch)", "kept_tokens", "{:.0f}"),
         ("decode slots (rows × longest)", "decode_slots", "{:.0f}"),
+        ("completion tokens in the loss", "loss_tokens", "{:.0f}"),
+        ("padded completion area (rows × width)", "padded_tokens", "{:.0f}"),
         ("forward passes, loss, per micro-batch", "forwards_loss_per_micro_batch", "{:.2f}"),
         ("forward passes, outside generation and loss", "forwards_other", "{:.1f}"),
         ("peak memory (MiB)", "peak_memory_mb", "{:.0f}"),
