@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.trapo-installed
 
-.PHONY: setup test test-fast lint demo clean
+.PHONY: setup test test-fast lint demo demo-quick clean
 
 setup: $(STAMP)
 
@@ -25,6 +25,12 @@ test: lint
 
 test-fast: setup
 	$(BIN)/python -m pytest -q -m "not slow"
+
+demo: setup
+	$(BIN)/trapo demo
+
+demo-quick: setup
+	$(BIN)/trapo demo --quick
 
 clean:
 	rm -rf $(VENV) .pytest_cache build *.egg-info
