@@ -64,7 +64,16 @@ def main(output_dir: str) -> None:
         "rollout_stats": dict(trainer.rollout_stats),
         "weights_sha256": digest.hexdigest(),
     }
-    print("TRAPO_DDP_RESULT " + json.dumps(result), flush=True)
+    # One write() per line: both ranks share the pipe, and a buffered print can be split around the other's line.
+    sys.stdout.flush()
+    os.write(sys.stdout.fileno(), ("TRAPO_DDP_RESULT " + json.dumps(result) + "\n").encode())
+    # Tear the gloo group down before the interpreter does: left to exit, its threads sometimes abort the process
+    # ("terminate called without an active exception") after the work is done.
+    trainer.accelerator.wait_for_everyone()
+    import torch.distributed as dist
+
+    if dist.is_initialized():
+        dist.destroy_process_group()
 
 
 if __name__ == "__main__":
