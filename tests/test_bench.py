@@ -224,3 +224,12 @@ def test_loss_token_counters_cover_the_batch(bench_run, method):
     for step in timed_steps(bench_run, method):
         assert 0 < step["loss_tokens"] <= step["padded_tokens"]
         assert step["padded_tokens"] % 16 == 0  # 2 prompts × 8 samples per micro-batch, times the padded width
+
+
+@pytest.mark.parametrize("text", [f"intro\n{END}\nthen {BEGIN}\n", f"intro {BEGIN} no end", f"only {END}"])
+def test_write_report_refuses_broken_markers_and_leaves_the_file(tmp_path, text):
+    path = tmp_path / "bench.md"
+    path.write_text(text)
+    with pytest.raises(ValueError, match="markers are broken"):
+        write_report("new", path)
+    assert path.read_text() == text

@@ -551,8 +551,10 @@ def rep_metrics(result: dict) -> dict[str, float]:
     m["forwards_loss_per_micro_batch"] = m.get("forwards_loss", 0.0) / max(m.get("micro_batches", 0.0), 1e-9)
     m["peak_memory_mb"] = result["peak_memory"] / 2**20
     m["step_memory_mb"] = (result["peak_memory"] - result["baseline_memory"]) / 2**20
-    m["guided_share"] = result["guided_samples"] / result["samples"] if result.get("samples") else 0.0
-    m["kept_tokens"] = result.get("kept_tokens", 0) / max(len(steps), 1)
+    # TRL's own GRPOTrainer (trl-grpo) keeps no rollout counters: its cells show "–", not a made-up 0.
+    counted = bool(result.get("samples"))
+    m["guided_share"] = result["guided_samples"] / result["samples"] if counted else None
+    m["kept_tokens"] = result.get("kept_tokens", 0) / max(len(steps), 1) if counted else None
     m["reward_mean"] = result.get("reward_mean")
     return m
 
@@ -766,8 +768,13 @@ def write_report(markdown: str, path: str | Path) -> Path:
     block = f"{BEGIN}\n{markdown.rstrip()}\n{END}"
     if path.exists():
         text = path.read_text()
-        if BEGIN in text and END in text:
-            head, rest = text.split(BEGIN, 1)
+        if BEGIN in text or END in text:
+            head, _, rest = text.partition(BEGIN)
+            if not rest or END not in rest:
+                raise ValueError(
+                    f"{path}: the report markers are broken (need {BEGIN} followed by {END}); fix them or pass "
+                    "--output with another file"
+                )
             tail = rest.split(END, 1)[1]
             path.write_text(head + block + tail)
             return path
