@@ -22,6 +22,10 @@ def test_quick_demo_writes_table_json_and_plots(tmp_path):
         "--quick",
         "--methods",
         "trapo,grpo,sft,sft-then-grpo",
+        "--alpha",
+        "0.05",
+        "--learning-rate",
+        "5e-4",
         "--output-dir",
         str(out),
         "--cache-dir",
@@ -32,6 +36,7 @@ def test_quick_demo_writes_table_json_and_plots(tmp_path):
     assert "| trapo |" in proc.stdout and "| sft-then-grpo |" in proc.stdout
     results = json.loads((out / "results.json").read_text())
     assert [r["method"] for r in results["runs"]] == ["trapo", "grpo", "sft", "sft-then-grpo"]
+    assert results["settings"]["alpha"] == 0.05 and results["settings"]["learning_rate"] == 5e-4
     for run in results["runs"]:
         assert run["curve"][-1][0] == results["settings"]["steps"]  # evaluated at the last step
         assert set(run["final"]) == {"tier_2", "tier_3", "tier_4", "tier_5", "overall"}

@@ -42,6 +42,7 @@ class DemoSettings:
     # No entropy bonus: most groups here have zero advantage (all right or all wrong), and Adam scales the tiny
     # entropy gradient of such a batch up to a full learning-rate step, which alone collapsed GRPO (docs/demo.md).
     entropy_coef: float = 0.0
+    alpha: float = 0.1  # TrSFT's trust-region bound (the paper's); trapo and fixed-prefix use it
     max_completion_length: int = 64
     train_problems: int = 600
     eval_per_tier: int = 60
@@ -201,6 +202,7 @@ def run_method(method: str, seed: int, settings: DemoSettings, base: Path, train
             lr_scheduler_type="constant",
             max_completion_length=max_new,
             entropy_coef=settings.entropy_coef,
+            alpha=settings.alpha,
             logging_steps=1,
             **_cpu_args(seed),
         )
@@ -394,6 +396,7 @@ def add_demo_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seeds", type=int, default=1, help="seeds per method; the table shows mean ± std")
     parser.add_argument("--steps", type=int, default=None, help="optimizer steps per method (equal budget)")
     parser.add_argument("--learning-rate", type=float, default=None, help="learning rate of every method")
+    parser.add_argument("--alpha", type=float, default=None, help="TrSFT's α for the methods that use TrSFT")
     parser.add_argument("--quick", action="store_true", help="smoke run: a few steps of everything (~2 min)")
     parser.add_argument("--output-dir", default="trapo-demo", help="where results.json, results.md and plots go")
     parser.add_argument("--cache-dir", default=None, help="where the warm-started base is cached ($TRAPO_CACHE)")
@@ -409,6 +412,8 @@ def run_demo(args: argparse.Namespace) -> int:
         overrides["steps"] = args.steps
     if args.learning_rate is not None:
         overrides["learning_rate"] = args.learning_rate
+    if args.alpha is not None:
+        overrides["alpha"] = args.alpha
     if args.cache_dir is not None:
         overrides["cache_dir"] = args.cache_dir
     settings = DemoSettings.quick(**overrides) if args.quick else DemoSettings(**overrides)
