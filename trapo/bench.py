@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import logging
 import os
 import platform
 import statistics
@@ -34,6 +33,8 @@ from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
+
+from trapo.quiet_runs import local_trainer_args, quiet_libraries, quiet_trainer
 
 PHASES = ("generation", "reward", "rollout_other", "forward", "backward", "optimizer", "other")
 COUNTERS = (
@@ -351,44 +352,28 @@ class Runner:
             lr_scheduler_type="constant",
             max_completion_length=s.max_completion_length,
             logging_steps=1,
-            report_to=[],
-            save_strategy="no",
-            disable_tqdm=True,
-            seed=seed,
-            data_seed=seed,
-            dataloader_num_workers=0,
-            use_cpu=self.device == "cpu",
-            bf16=self.device == "cuda",
-            gradient_checkpointing=False,
+            **local_trainer_args(seed, cuda=self.device == "cuda"),
         )
         if self.method == "trl-grpo":
             from trl import GRPOConfig, GRPOTrainer
 
-            args = GRPOConfig(
-                **common, loss_type="dr_grpo", scale_rewards="none", beta=0.0, remove_unused_columns=False
-            )
-            trainer = GRPOTrainer(
-                model=self.model,
-                reward_funcs=self.reward,
-                args=args,
-                train_dataset=self.dataset,
-                processing_class=self.tokenizer,
-            )
+            config_class, trainer_class = GRPOConfig, GRPOTrainer
+            extra = dict(loss_type="dr_grpo", scale_rewards="none", beta=0.0, remove_unused_columns=False)
         else:
             from trapo.trainer import TRAPOConfig, TRAPOTrainer
 
-            extra = {"rollout": s.rollout} if s.rollout and self.method == "trapo" else {}
-            args = TRAPOConfig(**common, method=self.method, **extra)
-            trainer = TRAPOTrainer(
-                model=self.model,
-                reward_funcs=self.reward,
-                args=args,
-                train_dataset=self.dataset,
-                processing_class=self.tokenizer,
-            )
-        from transformers.trainer_callback import PrinterCallback
-
-        trainer.remove_callback(PrinterCallback)
+            config_class, trainer_class = TRAPOConfig, TRAPOTrainer
+            extra = {"method": self.method}
+            if s.rollout and self.method == "trapo":
+                extra["rollout"] = s.rollout
+        trainer = trainer_class(
+            model=self.model,
+            reward_funcs=self.reward,
+            args=config_class(**common, **extra),
+            train_dataset=self.dataset,
+            processing_class=self.tokenizer,
+        )
+        quiet_trainer(trainer)
         return trainer
 
 
@@ -438,17 +423,11 @@ def _log(message: str) -> None:
 
 
 def _quiet_libraries() -> None:
-    os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    """`trapo.quiet_runs.quiet_libraries`, and no warnings: the report is the output."""
     import warnings
 
-    import datasets
-    import transformers
-
-    datasets.disable_progress_bars()
-    transformers.utils.logging.disable_progress_bar()
-    for name in ("transformers", "trl", "accelerate", "datasets"):
-        logging.getLogger(name).setLevel(logging.ERROR)
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    quiet_libraries()
     warnings.filterwarnings("ignore")
 
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import logging
 import os
 import statistics
 import time
@@ -22,6 +21,7 @@ from datasets import Dataset
 from tqdm.auto import tqdm
 from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
 
+from trapo.quiet_runs import local_trainer_args, quiet_libraries, quiet_trainer
 from trapo.tasks.chains import TIERS, TRAIN_TIERS, chain_reward, make_problems, to_rows, two_operand_problems
 from trapo.tasks.tiny_model import build_model, build_tokenizer
 
@@ -91,28 +91,13 @@ def base_model_path(settings: DemoSettings, log=print) -> Path:
         lr_scheduler_type="constant_with_warmup",
         warmup_steps=50,
         logging_strategy="no",
-        **{**_cpu_args(seed=0), "disable_tqdm": False},  # the trainer's own progress bar for this one-off phase
+        **(local_trainer_args(seed=0) | {"disable_tqdm": False}),  # HF's progress bar for this one-off phase
     )
     model = train_sft(model, tokenizer, Dataset.from_list(to_rows(two_operand_problems())), args)
     model.save_pretrained(path)
     tokenizer.save_pretrained(path)
     (path / "done").write_text(json.dumps(asdict(settings), default=str))
     return path
-
-
-def _cpu_args(seed: int) -> dict:
-    """Settings every demo trainer shares: CPU, fp32 (faster than bf16 for tiny models), quiet, no checkpoints."""
-    return dict(
-        use_cpu=True,
-        bf16=False,
-        gradient_checkpointing=False,
-        report_to=[],
-        save_strategy="no",
-        disable_tqdm=True,
-        seed=seed,
-        data_seed=seed,
-        dataloader_num_workers=0,
-    )
 
 
 # ---------------------------------------------------------------- evaluation
@@ -170,13 +155,6 @@ class EvalCallback(TrainerCallback):
 # ---------------------------------------------------------------- one method
 
 
-def _quiet(trainer) -> None:
-    """With tqdm disabled HF prints every log dict; the demo has its own progress bar and keeps log_history."""
-    from transformers.trainer_callback import PrinterCallback
-
-    trainer.remove_callback(PrinterCallback)
-
-
 def run_method(method: str, seed: int, settings: DemoSettings, base: Path, train_rows, eval_rows, progress) -> dict:
     """Train ``method`` from the base for ``settings.steps`` optimizer steps; return its record."""
     from trapo.methods import TRAPOSFTConfig, train_sft
@@ -204,7 +182,7 @@ def run_method(method: str, seed: int, settings: DemoSettings, base: Path, train
             entropy_coef=settings.entropy_coef,
             alpha=settings.alpha,
             logging_steps=1,
-            **_cpu_args(seed),
+            **local_trainer_args(seed),
         )
         cb = EvalCallback(tokenizer, eval_rows, settings.eval_every, max_new, offset, progress)
         trainer = TRAPOTrainer(
@@ -215,7 +193,7 @@ def run_method(method: str, seed: int, settings: DemoSettings, base: Path, train
             processing_class=tokenizer,
             callbacks=[cb],
         )
-        _quiet(trainer)
+        quiet_trainer(trainer)
         trainer.train()
         for key in ("generated_tokens", "samples", "guided_samples"):
             record[key] += trainer.rollout_stats[key]
@@ -230,7 +208,7 @@ def run_method(method: str, seed: int, settings: DemoSettings, base: Path, train
             learning_rate=settings.learning_rate,
             lr_scheduler_type="constant",
             logging_strategy="no",
-            **_cpu_args(seed),
+            **local_trainer_args(seed),
         )
         cb = EvalCallback(tokenizer, eval_rows, settings.eval_every, max_new, 0, progress)
         train_sft(model, tokenizer, dataset, args, callbacks=[cb])
@@ -417,13 +395,6 @@ def run_demo(args: argparse.Namespace) -> int:
     if args.cache_dir is not None:
         overrides["cache_dir"] = args.cache_dir
     settings = DemoSettings.quick(**overrides) if args.quick else DemoSettings(**overrides)
-    import datasets
-    import transformers
-
-    datasets.disable_progress_bars()
-    transformers.utils.logging.disable_progress_bar()
-    for name in ("transformers", "trl", "accelerate", "datasets"):
-        logging.getLogger(name).setLevel(logging.ERROR)
-    os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
+    quiet_libraries()
     run(settings)
     return 0

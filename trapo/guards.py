@@ -6,15 +6,11 @@ Each guard is small and independent of the trainer so it can be tested on its ow
 
 from __future__ import annotations
 
-import logging
 import threading
 from collections.abc import Callable, Iterable
 from typing import Any
 
 import torch
-
-logger = logging.getLogger(__name__)
-
 
 # ---------------------------------------------------------------- reward calls
 
