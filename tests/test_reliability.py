@@ -219,6 +219,7 @@ def test_hanging_reward_is_bounded_scored_zero_and_counted(tmp_path, tokenizer):
     assert time.perf_counter() - start < 30, "training waited for the hung reward"
     assert trainer.state.global_step == 2
     assert trainer.rollout_stats["reward_timeouts"] == 1
+    assert [h["trapo/reward_failures"] for h in trainer.state.log_history if "trapo/reward_failures" in h] == [1, 1]
     # The hung call was stage 2's batch: scored 0, so stage 3 (threshold 1) guides that prompt.
     assert trainer.rollout_stats["guided_samples"] > 0
 

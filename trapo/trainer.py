@@ -593,6 +593,8 @@ class TRAPOTrainer(CrashSafeCheckpoints, GRPOTrainer):
         for level in range(len(guided_per_stage)):
             metrics[f"trapo/level_frac/{level}"] = sum(1 for d in deepest_guided if d == level) / num_groups
         metrics["trapo/reward_unguided"] = sum(unguided_rewards) / max(len(unguided_rewards), 1)
+        # Cumulative failed reward calls (timeouts + exceptions) of this process, scored 0 (docs/errors.md).
+        metrics["trapo/reward_failures"] = self.rollout_stats["reward_timeouts"] + self.rollout_stats["reward_errors"]
         for name, value in metrics.items():
             self._log_mean(mode, name, value)
         return {
