@@ -1,7 +1,8 @@
 """`trapo bench` on a fresh tiny model, in process: phase split, counters, summary, report (a few seconds on CPU).
 
 The bench's real ``tiny`` model is the demo's cached warm-started base (minutes to build): these tests replace
-`trapo.bench.prepare_bench_model` and `trapo.bench.load_bench_model`, so nothing is built or read from the cache.
+`trapo.bench.run.prepare_bench_model` and `trapo.bench.run.load_bench_model`, so nothing is built or read from the
+cache.
 """
 
 from __future__ import annotations
@@ -13,8 +14,10 @@ import math
 import pytest
 import torch
 
-from trapo import bench
-from trapo.bench import BEGIN, END, PHASES, BenchSettings, format_report, make_reward, write_report
+from trapo.bench import run as bench
+from trapo.bench.meter import PHASES, MissingHookError, StepMeter
+from trapo.bench.report import BEGIN, END, format_report, write_report
+from trapo.bench.run import BenchSettings, make_reward
 
 SETTINGS = dict(
     methods=("trapo", "grpo"),
@@ -233,3 +236,25 @@ def test_write_report_refuses_broken_markers_and_leaves_the_file(tmp_path, text)
     with pytest.raises(ValueError, match="markers are broken"):
         write_report("new", path)
     assert path.read_text() == text
+
+
+def test_a_declared_timed_method_that_does_not_exist_fails_the_meter(tmp_path):
+    """Renaming a timed method must break the benchmark, not move its time into another phase unnoticed."""
+    settings = BenchSettings(**{**SETTINGS, "methods": ("trapo",), "reps": 1})
+    with in_process_bench():
+        runner = bench.Runner(settings, "trapo")
+        trainer = runner._trainer(seed=0, output_dir=str(tmp_path / "out"))
+        trainer.timed_methods = {**trainer.timed_methods, "reward": ("_score_responses_renamed",)}
+        with pytest.raises(MissingHookError, match="_score_responses_renamed"):
+            StepMeter(trainer)
+        trainer.timed_methods = {"reward": ("_score_responses",), "decode": ("_generate_single_turn",)}
+        with pytest.raises(ValueError, match="unknown phases"):
+            StepMeter(trainer)
+
+
+def test_every_declared_timed_method_of_the_trainer_exists():
+    from trapo.trainer import TRAPOTrainer
+
+    for phase, names in TRAPOTrainer.timed_methods.items():
+        for name in names:
+            assert callable(getattr(TRAPOTrainer, name, None)), (phase, name)

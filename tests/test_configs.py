@@ -1,6 +1,6 @@
 """configs/ and `trapo train`: every YAML resolves into valid configs without loading a model, the recipe carries
-DESIGN.md §4's values, overrides work TRL-style, the context extension is applied at load time, and a whole
-`trapo train` run (sft-then-grpo, both phases) works on the tiny model."""
+the paper's values (docs/reproduce.md), overrides work TRL-style, the context extension is applied at load time,
+and a whole `trapo train` run (sft-then-grpo, both phases) works on the tiny model."""
 
 from __future__ import annotations
 
@@ -13,11 +13,14 @@ import yaml
 from conftest import addition_rows
 
 from trapo.cli import main
-from trapo.methods import TRAPOSFTConfig
+from trapo.commands.train import load_train_plan
+from trapo.config import RL_PRESETS, TRAPOConfig, rl_preset
+from trapo.core import PAPER_SCHEDULE
+from trapo.core.schedule import schedule_as_data
 from trapo.models import with_context_overrides
-from trapo.presets import PAPER_STAGES, RL_PRESETS, rl_preset
-from trapo.train_config import load_train_plan
-from trapo.trainer import TRAPOConfig
+from trapo.sft import TRAPOSFTConfig
+
+PAPER_STAGES = schedule_as_data(PAPER_SCHEDULE)
 
 CONFIGS = Path(__file__).parents[1] / "configs"
 RECIPE = CONFIGS / "trapo_qwen2.5_math_7b.yaml"
@@ -38,7 +41,7 @@ def test_every_config_resolves(path, tmp_path):
     if plan.method in RL_PRESETS or plan.method == "sft-then-grpo":
         assert isinstance(plan.rl_args, TRAPOConfig)
         preset = rl_preset(plan.rl_args.method, plan.rl_args.num_generations)
-        assert plan.rl_args.schedule == preset["schedule"] and plan.rl_args.sft_loss == preset["sft_loss"]
+        assert plan.rl_args.schedule == preset["schedule"] and plan.rl_args.prefix_loss == preset["prefix_loss"]
         assert plan.rl_args.output_dir == str(tmp_path / "out")
     if plan.method in ("sft", "sft-then-grpo"):
         assert isinstance(plan.sft_args, TRAPOSFTConfig)
@@ -53,7 +56,9 @@ def test_every_config_resolves(path, tmp_path):
 
 def test_the_recipe_has_the_papers_values(tmp_path):
     args = plan_for(RECIPE, tmp_path).rl_args
-    assert args.method == "trapo" and args.schedule == PAPER_STAGES and args.sft_loss == "trsft" and args.alpha == 0.1
+    assert (
+        args.method == "trapo" and args.schedule == PAPER_STAGES and args.prefix_loss == "trsft" and args.alpha == 0.1
+    )
     assert args.learning_rate == 5e-6 and args.lr_scheduler_type == "constant" and args.weight_decay == 0.01
     assert args.max_grad_norm == 1.0 and args.max_steps == 500 and args.temperature == 1.0 and args.top_p == 1.0
     assert args.max_completion_length == 8192 and args.vllm_max_model_length == 1024 + 8192

@@ -1,4 +1,4 @@
-"""Closed-form checks of the TRAPO losses (DESIGN.md §1, §3).
+"""Closed-form checks of the TRAPO losses (docs/method.md, "The loss").
 
 Every expected number below is derived by hand (python floats), never by calling the code under test.
 """
@@ -272,7 +272,7 @@ def test_mixed_loss_value_and_gradient():
     assert loss == pytest.approx(EXPECTED_LOSS, rel=1e-9)
     torch.testing.assert_close(grad, torch.tensor(EXPECTED_GRAD, dtype=torch.float64))
     assert metrics["pg_loss"] == pytest.approx(PG_SUM / NORM)
-    assert metrics["sft_loss"] == pytest.approx(SFT_SUM / NORM)
+    assert metrics["prefix_loss"] == pytest.approx(SFT_SUM / NORM)
 
 
 def test_mixed_loss_unmarked_prefix_and_padding_get_no_gradient():
@@ -283,8 +283,8 @@ def test_mixed_loss_unmarked_prefix_and_padding_get_no_gradient():
 
 def test_mixed_loss_metrics():
     _, _, metrics = _run()
-    assert metrics["sft_clip_frac"] == pytest.approx(0.5)  # 0.05 < 0.1, 0.5 >= 0.1
-    assert metrics["sft_mean_p"] == pytest.approx((0.05 + 0.5) / 2)
+    assert metrics["prefix_clip_frac"] == pytest.approx(0.5)  # 0.05 < 0.1, 0.5 >= 0.1
+    assert metrics["prefix_mean_p"] == pytest.approx((0.05 + 0.5) / 2)
     gen_ps = [0.3, 0.8, 0.6, 0.7, 0.2, 0.9]
     assert metrics["gen_mean_p"] == pytest.approx(sum(gen_ps) / len(gen_ps))
     assert metrics["entropy"] == 0.0
@@ -322,23 +322,23 @@ def test_mixed_loss_entropy_gradient_flows_only_to_loss_tokens():
 
 
 def test_mixed_loss_sft_none():
-    loss, grad, metrics = _run(sft_loss="none")
+    loss, grad, metrics = _run(prefix_loss="none")
     assert loss == pytest.approx(PG_SUM / NORM, rel=1e-9)
     expected = [row[:] for row in EXPECTED_GRAD]
     expected[1][0] = expected[1][1] = 0.0
     torch.testing.assert_close(grad, torch.tensor(expected, dtype=torch.float64))
-    assert metrics["sft_loss"] == 0.0
+    assert metrics["prefix_loss"] == 0.0
 
 
 def test_mixed_loss_sft_nll():
-    loss, grad, _ = _run(sft_loss="nll")
+    loss, grad, _ = _run(prefix_loss="nll")
     assert loss == pytest.approx((PG_SUM - math.log(0.05) - math.log(0.5)) / NORM, rel=1e-9)
     assert grad[1, 0].item() == pytest.approx(-1.0 / NORM)
     assert grad[1, 1].item() == pytest.approx(-1.0 / NORM)
 
 
 def test_mixed_loss_sft_luffy():
-    loss, grad, _ = _run(sft_loss="luffy", gamma=0.1)
+    loss, grad, _ = _run(prefix_loss="luffy", gamma=0.1)
     sft = -0.05 / 0.15 - 0.5 / 0.6
     assert loss == pytest.approx((PG_SUM + sft) / NORM, rel=1e-9)
     # dL/dlogp = p * (-gamma / (p + gamma)^2)
@@ -355,11 +355,11 @@ def test_mixed_loss_prefix_weight_advantage():
     torch.testing.assert_close(grad[0], torch.tensor(EXPECTED_GRAD[0], dtype=torch.float64))
 
 
-def test_mixed_loss_alpha_changes_only_sft_clip():
+def test_mixed_loss_alpha_changes_only_prefix_clip():
     loss, grad, metrics = _run(alpha=0.01)  # now both SFT tokens are in the trust region
     assert loss == pytest.approx((PG_SUM - 2.0) / NORM, rel=1e-9)
     assert grad[1, 0].item() == pytest.approx(-1.0 / NORM)
-    assert metrics["sft_clip_frac"] == 0.0
+    assert metrics["prefix_clip_frac"] == 0.0
 
 
 def test_mixed_loss_with_old_logps_and_clip():
@@ -408,7 +408,7 @@ def test_mixed_loss_bad_prefix_weight_raises():
 def test_mixed_loss_unknown_sft_kind_raises():
     logps, adv, (cm, pm, sm) = _batch()
     with pytest.raises(ValueError, match="sft_wat"):
-        mixed_loss(logps, adv, cm, pm, sm, sft_loss="sft_wat")
+        mixed_loss(logps, adv, cm, pm, sm, prefix_loss="sft_wat")
 
 
 def test_mixed_loss_no_sft_tokens_metrics_are_finite():
@@ -417,7 +417,7 @@ def test_mixed_loss_no_sft_tokens_metrics_are_finite():
     loss, metrics = mixed_loss(logps, adv, cm, zeros, zeros, max_completion_length=MAX_LEN)
     # every completion token is generated now: 3*(-0.5) + 4*(0.25) + 3*(-1.5)
     assert loss.item() == pytest.approx((-1.5 + 1.0 - 4.5) / NORM)
-    assert metrics["sft_clip_frac"] == 0.0 and metrics["sft_mean_p"] == 0.0
+    assert metrics["prefix_clip_frac"] == 0.0 and metrics["prefix_mean_p"] == 0.0
     assert all(math.isfinite(v) for v in metrics.values())
 
 
@@ -432,15 +432,15 @@ def test_mixed_loss_pg_weights_scale_only_the_pg_term():
         [0.0, 0.0, -1.5 / NORM, 0.0],
     ]
     torch.testing.assert_close(grad, torch.tensor(expected, dtype=torch.float64))
-    assert metrics["sft_loss"] == pytest.approx(SFT_SUM / NORM)
+    assert metrics["prefix_loss"] == pytest.approx(SFT_SUM / NORM)
 
 
 def test_mixed_loss_context_only_prefixes_get_no_entropy_bonus():
-    """sft_loss='none' makes prefixes pure context: the entropy bonus must not touch them either."""
+    """prefix_loss='none' makes prefixes pure context: the entropy bonus must not touch them either."""
     logps, adv, (cm, pm, sm) = _batch()
     entropies = torch.ones(3, 4, dtype=torch.float64, requires_grad=True)
     loss, _ = mixed_loss(
-        logps, adv, cm, pm, sm, sft_loss="none", entropies=entropies, entropy_coef=0.1, max_completion_length=MAX_LEN
+        logps, adv, cm, pm, sm, prefix_loss="none", entropies=entropies, entropy_coef=0.1, max_completion_length=MAX_LEN
     )
     (g,) = torch.autograd.grad(loss, entropies)
     generated_only = torch.tensor([[1, 1, 1, 0], [0, 0, 1, 1], [0, 0, 1, 0]], dtype=torch.float64)

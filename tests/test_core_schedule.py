@@ -1,4 +1,4 @@
-"""Guidance schedule, prefix cutting and group advantages (DESIGN.md §2, §3), checked by hand."""
+"""Guidance schedule, prefix cutting and group advantages (docs/method.md), checked by hand."""
 
 from __future__ import annotations
 

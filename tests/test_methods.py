@@ -12,8 +12,9 @@ from torch import nn
 from trl import SFTTrainer
 from trl.trainer.utils import FusedCausalLMOutput
 
-from trapo import methods
-from trapo.methods import TRAPOSFTConfig, TrSFTTrainer, expert_sft_dataset, train_sft, train_sft_then_grpo
+from trapo import recipes
+from trapo.recipes import train_sft_then_grpo
+from trapo.sft import TRAPOSFTConfig, TrSFTTrainer, expert_sft_dataset, train_sft
 
 
 def sft_config(tmp_path, **overrides):
@@ -213,16 +214,11 @@ def test_sft_lowers_the_loss_on_expert_traces(tmp_path, tiny_model, tokenizer, a
     assert after < before - 1.0, (before, after)
 
 
-def test_sft_then_grpo_trains_in_both_phases(tmp_path, tiny_model, tokenizer, addition_dataset, monkeypatch):
+def test_sft_then_grpo_trains_in_both_phases(tmp_path, tiny_model, tokenizer, addition_dataset):
     snapshots = {"init": [p.detach().clone() for p in tiny_model.parameters()]}
-    real_train_sft = methods.train_sft
 
-    def spy(*args, **kwargs):
-        model = real_train_sft(*args, **kwargs)
-        snapshots["sft"] = [p.detach().clone() for p in model.parameters()]
-        return model
-
-    monkeypatch.setattr(methods, "train_sft", spy)
+    def after_phase(phase, trainer):
+        snapshots[phase] = [p.detach().clone() for p in trainer.model.parameters()]
 
     def parity_reward(completions, **kwargs):  # varies across samples, so GRPO's advantages are not all zero
         return [float(len(c) % 2) for c in completions]
@@ -237,7 +233,13 @@ def test_sft_then_grpo_trains_in_both_phases(tmp_path, tiny_model, tokenizer, ad
             tiny_model, tokenizer, addition_dataset, [parity_reward], sft_config(tmp_path), tiny_config(tmp_path)
         )
     model = train_sft_then_grpo(
-        tiny_model, tokenizer, addition_dataset, [parity_reward], sft_config(tmp_path), grpo_args
+        tiny_model,
+        tokenizer,
+        addition_dataset,
+        [parity_reward],
+        sft_config(tmp_path),
+        grpo_args,
+        on_phase_end=after_phase,
     )
 
     def changed(a, b):
@@ -245,12 +247,13 @@ def test_sft_then_grpo_trains_in_both_phases(tmp_path, tiny_model, tokenizer, ad
 
     assert changed(snapshots["init"], snapshots["sft"])
     assert changed(snapshots["sft"], [p.detach() for p in model.parameters()])
+    assert not changed(snapshots["rl"], [p.detach() for p in model.parameters()])
 
 
 def test_train_method_checks_its_arguments(tiny_model, tokenizer, addition_dataset):
     with pytest.raises(ValueError, match="unknown method"):
-        methods.train_method("dpo", tiny_model, tokenizer, addition_dataset)
+        recipes.train_method("dpo", tiny_model, tokenizer, addition_dataset)
     with pytest.raises(ValueError, match="needs sft_args"):
-        methods.train_method("sft-then-grpo", tiny_model, tokenizer, addition_dataset)
+        recipes.train_method("sft-then-grpo", tiny_model, tokenizer, addition_dataset)
     with pytest.raises(ValueError, match="needs rl_args"):
-        methods.train_method("trapo", tiny_model, tokenizer, addition_dataset)
+        recipes.train_method("trapo", tiny_model, tokenizer, addition_dataset)

@@ -6,9 +6,9 @@ import pytest
 import torch
 from conftest import constant_reward, tiny_config
 
+from trapo.config import RL_PRESETS, TRAPOConfig
 from trapo.core import mixed_loss
-from trapo.presets import RL_PRESETS
-from trapo.trainer import TRAPOConfig, TRAPOTrainer
+from trapo.trainer import TRAPOTrainer
 
 
 def make_trainer(tmp_path, model, tokenizer, dataset, reward=0.0, **overrides):
@@ -46,7 +46,7 @@ def test_zero_reward_fires_every_guided_stage_and_marks_one_sft_copy_per_prefix(
     out = rollout(trainer, addition_dataset)
     prefix_mask = out["completion_mask"].bool() & ~out["tool_mask"].bool()
     guided = prefix_mask.any(dim=1).view(2, 8)
-    sft = out["sft_mask"].bool()
+    sft = out["imitated_mask"].bool()
     # Per group: stage 1 (4 samples) unguided, stages 2-4 (2+1+1 samples) guided.
     assert guided.tolist() == [[False] * 4 + [True] * 4] * 2
     # Stage 2's two samples share one prefix: only the first imitates it; stages 3 and 4 once each.
@@ -69,7 +69,7 @@ def test_full_reward_gives_no_guidance_and_zero_advantages(tmp_path, tiny_model,
     trainer = make_trainer(tmp_path, tiny_model, tokenizer, addition_dataset, reward=1.0)
     out = rollout(trainer, addition_dataset)
     assert not (out["completion_mask"].bool() & ~out["tool_mask"].bool()).any()
-    assert out["sft_mask"].sum() == 0
+    assert out["imitated_mask"].sum() == 0
     assert torch.all(out["advantages"] == 0)
     assert trainer.rollout_stats["guided_samples"] == 0
 
@@ -122,13 +122,13 @@ def test_trainer_loss_equals_core_mixed_loss(tmp_path, tiny_model, tokenizer, ad
         inputs["advantages"],
         completion,
         prefix,
-        inputs["sft_mask"].bool(),
+        inputs["imitated_mask"].bool(),
         max_completion_length=trainer.max_completion_length,
         entropies=entropies,
         entropy_coef=0.001,
     )
     torch.testing.assert_close(loss, expected, rtol=1e-4, atol=1e-6)
-    assert inputs["sft_mask"].sum() > 0 and (completion & ~prefix).sum() > 0
+    assert inputs["imitated_mask"].sum() > 0 and (completion & ~prefix).sum() > 0
 
 
 def test_schedule_size_must_match_num_generations(tmp_path):
@@ -144,15 +144,15 @@ def test_custom_schedule_from_config_and_grpo_sized_by_num_generations(tmp_path)
     )
     assert [(s.n, s.prefix_ratio, s.threshold) for s in args.micro_groups] == [(3, 0.0, None), (1, 0.5, 0.5)]
     grpo = tiny_config(tmp_path, method="grpo", num_generations=4)
-    assert [s.n for s in grpo.micro_groups] == [4] and grpo.sft_loss == "none"
+    assert [s.n for s in grpo.micro_groups] == [4] and grpo.prefix_loss == "none"
 
 
 @pytest.mark.parametrize(
     ("overrides", "message"),
     [
         ({"method": "ppo"}, "unknown method 'ppo'"),
-        ({"method": "sft"}, "not an RL preset"),
-        ({"sft_loss": "kl"}, "sft_loss must be one of"),
+        ({"method": "sft"}, "SFT baseline"),
+        ({"prefix_loss": "kl"}, "prefix_loss must be one of"),
         ({"alpha": 0.0}, r"alpha must be in \(0, 1\]"),
         ({"schedule": [{"n": 4}, {"n": 4, "prefix_ratio": 0.5}]}, "needs a threshold"),
         ({"schedule": [{"n": 8, "ratio": 0.5}]}, "unknown keys"),
@@ -173,7 +173,7 @@ def test_default_config_is_the_paper_recipe(tmp_path):
         (1, 0.5, 0.7),
         (1, 1.0, 0.9),
     ]
-    assert (args.alpha, args.sft_loss, args.loss_type, args.scale_rewards, args.beta) == (
+    assert (args.alpha, args.prefix_loss, args.loss_type, args.scale_rewards, args.beta) == (
         0.1,
         "trsft",
         "dr_grpo",
@@ -195,7 +195,7 @@ def test_speculative_rollout_takes_the_same_decisions_as_staged(
         )
         outs[mode] = rollout(trainers[mode], addition_dataset)
     staged, speculative = outs["staged"], outs["speculative"]
-    for key in ("sft_mask", "advantages"):
+    for key in ("imitated_mask", "advantages"):
         assert torch.equal(staged[key], speculative[key]), key
     prefix = {m: (o["completion_mask"] & ~o["tool_mask"].bool()).sum(1) for m, o in outs.items()}
     assert torch.equal(prefix["staged"], prefix["speculative"])
@@ -224,3 +224,23 @@ def test_guided_stages_decode_only_what_the_budget_leaves(tmp_path, tiny_model, 
     assert seen == [24, 24 - int(prefix[:, 4:6].min()), 24 - int(prefix[:, 6].min())]
     assert trainer.generation_config.max_new_tokens == 24  # restored
     assert int(out["completion_mask"].sum(1).max()) <= 24
+
+
+def test_eval_mode_groups_advantages_by_num_generations_eval(tmp_path, tiny_model, tokenizer, addition_dataset):
+    """Evaluation draws num_generations_eval samples per prompt: its advantages are centred on those groups."""
+
+    def parity(completions, **kwargs):
+        return [float(len(c) % 2) for c in completions]
+
+    args = tiny_config(tmp_path, num_generations_eval=4, per_device_eval_batch_size=8)
+    trainer = TRAPOTrainer(
+        model=tiny_model, reward_funcs=parity, args=args, train_dataset=addition_dataset, processing_class=tokenizer
+    )
+    trainer.model.eval()
+    rows = [addition_dataset[i] for i in range(2) for _ in range(4)]
+    out = trainer._generate_and_score_completions(rows)
+    texts = tokenizer.batch_decode(out["completion_ids"], skip_special_tokens=True)
+    rewards = torch.tensor(parity(texts)).view(2, 4)
+    assert 0 < rewards.sum() < 8  # mixed rewards: the grouping matters
+    assert torch.allclose(out["advantages"].view(2, 4), rewards - rewards.mean(dim=1, keepdim=True))
+    assert not (out["completion_mask"].bool() & ~out["tool_mask"].bool()).any()  # evaluation is never guided

@@ -6,7 +6,7 @@ lazily so ``import trapo.core`` stays light.
 
 __version__ = "0.1.0"
 
-_LAZY = {"TRAPOConfig": "trapo.trainer", "TRAPOTrainer": "trapo.trainer"}
+_LAZY = {"TRAPOConfig": "trapo.config", "TRAPOTrainer": "trapo.trainer"}
 
 
 def __getattr__(name: str):

@@ -6,11 +6,15 @@ Each guard is small and independent of the trainer so it can be tested on its ow
 
 from __future__ import annotations
 
+import logging
 import threading
+from collections import Counter
 from collections.abc import Callable, Iterable
 from typing import Any
 
 import torch
+
+logger = logging.getLogger(__name__)
 
 # ---------------------------------------------------------------- reward calls
 
@@ -46,6 +50,48 @@ def call_with_timeout(func: Callable[..., Any], timeout: float | None, **kwargs)
     if "error" in box:
         raise box["error"]
     return box["value"]
+
+
+class BoundedRewardCalls:
+    """Reward-function calls that cannot stall or silently break a run.
+
+    Each call is bounded by ``timeout`` (`call_with_timeout`). A call that times out or raises scores 0 for its batch
+    and is counted in ``stats`` (``reward_timeouts`` / ``reward_errors``); ``max_failures`` failed calls in a row stop
+    training with the last error, because a few failures are survivable and a broken function is not.
+    """
+
+    def __init__(self, timeout: float | None, max_failures: int, stats: Counter):
+        self.timeout, self.max_failures, self.stats = timeout, max_failures, stats
+        self.consecutive_failures = 0
+
+    def __call__(self, func: Callable[..., Any], name: str, count: int, **kwargs) -> list:
+        """``func(**kwargs)``'s rewards for ``count`` completions, or ``count`` zeros when the call failed."""
+        try:
+            values = call_with_timeout(func, self.timeout, **kwargs)
+        except Exception as error:
+            kind = "timeouts" if isinstance(error, RewardTimeout) else "errors"
+            self.stats[f"reward_{kind}"] += 1
+            self.consecutive_failures += 1
+            if self.consecutive_failures >= self.max_failures:
+                raise RuntimeError(
+                    f"reward function {name!r} failed {self.consecutive_failures} calls in a row; last: "
+                    f"{type(error).__name__}: {error}. Fix the function or raise max_reward_failures"
+                ) from error
+            logger.warning(
+                "reward function %r failed (%s: %s); its %d completions score 0",
+                name,
+                type(error).__name__,
+                error,
+                count,
+            )
+            return [0.0] * count
+        self.consecutive_failures = 0
+        if values is None or len(values) != count:
+            raise ValueError(
+                f"reward function {name!r} returned {0 if values is None else len(values)} rewards for {count} "
+                "completions"
+            )
+        return values
 
 
 # ---------------------------------------------------------------- non-finite steps

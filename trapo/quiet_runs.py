@@ -1,42 +1,10 @@
-"""Settings shared by the in-process runs `trapo demo` and `trapo bench` make: quiet libraries, quiet trainers,
-local trainer arguments. Kept in one place so the two commands measure and train under the same conditions."""
+"""Deprecated: the settings of short in-process runs live in `trapo.local_runs`."""
 
-from __future__ import annotations
+from trapo._deprecated import reexport
 
-import logging
-import os
-
-
-def quiet_libraries() -> None:
-    """No progress bars or info logs from the HF stack: the commands print their own progress."""
-    import datasets
-    import transformers
-
-    datasets.disable_progress_bars()
-    transformers.utils.logging.disable_progress_bar()
-    for name in ("transformers", "trl", "accelerate", "datasets"):
-        logging.getLogger(name).setLevel(logging.ERROR)
-    os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
-
-
-def quiet_trainer(trainer) -> None:
-    """With tqdm disabled HF prints every log dict; the commands keep ``log_history`` and show their own progress."""
-    from transformers.trainer_callback import PrinterCallback
-
-    trainer.remove_callback(PrinterCallback)
-
-
-def local_trainer_args(seed: int, cuda: bool = False) -> dict:
-    """Trainer arguments for a short local run: one device (fp32 on CPU, faster than bf16 for tiny models; bf16 on
-    CUDA), no reporting, no checkpoints, no tqdm, seeded, data loaded in-process."""
-    return dict(
-        use_cpu=not cuda,
-        bf16=cuda,
-        gradient_checkpointing=False,
-        report_to=[],
-        save_strategy="no",
-        disable_tqdm=True,
-        seed=seed,
-        data_seed=seed,
-        dataloader_num_workers=0,
+globals().update(
+    reexport(
+        __name__,
+        {name: "trapo.local_runs" for name in ("local_trainer_args", "quiet_libraries", "quiet_trainer")},
     )
+)

@@ -15,6 +15,7 @@ from trapo.core.schedule import (
     REFERENCE_CODE_SCHEDULE,
     MicroGroup,
     is_guided,
+    parse_schedule,
     schedule_size,
     validate_schedule,
 )
@@ -29,6 +30,7 @@ __all__ = [
     "is_guided",
     "luffy_token_loss",
     "mixed_loss",
+    "parse_schedule",
     "policy_gradient_token_loss",
     "prefix_token_loss",
     "schedule_size",

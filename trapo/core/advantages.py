@@ -1,4 +1,4 @@
-"""Group-relative advantages (DESIGN.md §3)."""
+"""Group-relative advantages (docs/method.md, "The loss")."""
 
 from __future__ import annotations
 

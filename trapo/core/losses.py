@@ -1,4 +1,4 @@
-"""Per-token losses and the mixed TRAPO objective (DESIGN.md §1, §3).
+"""Per-token losses and the mixed TRAPO objective (docs/method.md, "The loss").
 
 Every function here is pure: tensors in, tensors out, no I/O and no trainer state, so each loss can be
 checked against a closed form in isolation. Shapes: ``(B, T)`` for per-token tensors, ``(B,)`` for
@@ -83,10 +83,10 @@ def mixed_loss(
     advantages: torch.Tensor,
     completion_mask: torch.Tensor,
     prefix_mask: torch.Tensor,
-    sft_mask: torch.Tensor,
+    imitated_mask: torch.Tensor,
     *,
     old_logps: torch.Tensor | None = None,
-    sft_loss: str = "trsft",
+    prefix_loss: str = "trsft",
     alpha: float = 0.1,
     gamma: float = 0.1,
     prefix_weight: str = "one",
@@ -96,27 +96,27 @@ def mixed_loss(
     entropy_coef: float = 0.0,
     pg_weights: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, dict[str, float]]:
-    """The TRAPO objective on one batch of sequences (DESIGN.md §3).
+    """The TRAPO objective on one batch of sequences (docs/method.md, "The loss").
 
     Token roles, all ``(B, T)`` masks over the response (expert prefix + model continuation):
     - generated = ``completion_mask & ~prefix_mask``: policy-gradient term ``-Â·ρ``;
-    - ``sft_mask`` (a subset of ``prefix_mask``): prefix loss of kind ``sft_loss`` with weight 1
+    - ``imitated_mask`` (a subset of ``prefix_mask``): prefix loss of kind ``prefix_loss`` with weight 1
       (``prefix_weight="advantage"`` multiplies it by Â instead, as LUFFY does for its off-policy trace);
-    - prefix tokens outside ``sft_mask``: no loss (a second copy of an already imitated prefix).
+    - prefix tokens outside ``imitated_mask``: no loss (a second copy of an already imitated prefix).
 
-    Both sums are divided by the same constant ``B × max_completion_length`` ("Dr. GRPO"), so an SFT
+    Both sums are divided by the same constant ``B × max_completion_length`` ("Dr. GRPO"), so an imitated
     token and an RL token weigh the same. The entropy bonus subtracts ``entropy_coef`` × the mean entropy
     of the tokens that carry a loss. ``pg_weights`` (``(B, T)`` or ``(B, 1)``) multiplies the policy-gradient
     term only, e.g. vLLM's importance-sampling correction between the sampler and the trainer.
 
-    Returns the scalar loss and float metrics: ``pg_loss``, ``sft_loss``, ``entropy``,
-    ``sft_clip_frac`` (share of SFT tokens with p < alpha), ``sft_mean_p``, ``gen_mean_p``.
+    Returns the scalar loss and float metrics: ``pg_loss``, ``prefix_loss``, ``entropy``,
+    ``prefix_clip_frac`` (share of imitated tokens with p < alpha), ``prefix_mean_p``, ``gen_mean_p``.
     """
     if prefix_weight not in ("one", "advantage"):
         raise ValueError(f"prefix_weight must be 'one' or 'advantage', got {prefix_weight!r}")
-    completion_mask, prefix_mask, sft_mask = (m.bool() for m in (completion_mask, prefix_mask, sft_mask))
-    if (sft_mask & ~prefix_mask).any():
-        raise ValueError("sft_mask marks tokens outside prefix_mask: only expert-prefix tokens can be imitated")
+    completion_mask, prefix_mask, imitated_mask = (m.bool() for m in (completion_mask, prefix_mask, imitated_mask))
+    if (imitated_mask & ~prefix_mask).any():
+        raise ValueError("imitated_mask marks tokens outside prefix_mask: only expert-prefix tokens can be imitated")
     if (prefix_mask & ~completion_mask).any():
         raise ValueError("prefix_mask marks tokens outside completion_mask")
     batch_size, seq_len = logps.shape
@@ -126,15 +126,15 @@ def mixed_loss(
     pg_tok = policy_gradient_token_loss(logps, old_logps, advantages, clip_eps)
     if pg_weights is not None:
         pg_tok = pg_tok * pg_weights
-    sft_tok = prefix_token_loss(logps, sft_loss, alpha, gamma)
+    prefix_tok = prefix_token_loss(logps, prefix_loss, alpha, gamma)
     if prefix_weight == "advantage":
-        sft_tok = sft_tok * (advantages.unsqueeze(-1) if advantages.dim() == 1 else advantages)
+        prefix_tok = prefix_tok * (advantages.unsqueeze(-1) if advantages.dim() == 1 else advantages)
     pg_term = (pg_tok * gen_mask).sum() / normalizer
-    sft_term = (sft_tok * sft_mask).sum() / normalizer
-    loss = pg_term + sft_term
+    prefix_term = (prefix_tok * imitated_mask).sum() / normalizer
+    loss = pg_term + prefix_term
 
-    # Prefixes that are context only (sft_loss="none") carry no loss, so no entropy bonus either.
-    loss_mask = gen_mask | sft_mask if sft_loss != "none" else gen_mask
+    # Prefixes that are context only (prefix_loss="none") carry no loss, so no entropy bonus either.
+    loss_mask = gen_mask | imitated_mask if prefix_loss != "none" else gen_mask
     entropy = torch.zeros((), device=logps.device)
     if entropies is not None:
         entropy = _masked_mean(entropies, loss_mask)
@@ -144,10 +144,10 @@ def mixed_loss(
         p = logps.detach().exp()
         metrics = {
             "pg_loss": pg_term.item(),
-            "sft_loss": sft_term.item(),
+            "prefix_loss": prefix_term.item(),
             "entropy": entropy.item(),
-            "sft_clip_frac": _masked_mean((p < alpha).float(), sft_mask).item(),
-            "sft_mean_p": _masked_mean(p, sft_mask).item(),
+            "prefix_clip_frac": _masked_mean((p < alpha).float(), imitated_mask).item(),
+            "prefix_mean_p": _masked_mean(p, imitated_mask).item(),
             "gen_mean_p": _masked_mean(p, gen_mask).item(),
         }
     return loss, metrics

@@ -1,4 +1,4 @@
-"""Where to cut an expert trace into a prefix (DESIGN.md §2)."""
+"""Where to cut an expert trace into a prefix (docs/method.md, "Prefix cut")."""
 
 from __future__ import annotations
 

@@ -1,10 +1,11 @@
-"""Micro-group guidance schedule (DESIGN.md §2): the schedule is data, the decision one function."""
+"""Micro-group guidance schedule (docs/method.md, "Micro-group sampling"): the schedule is data, the decision one
+function."""
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass
 
 
 @dataclass(frozen=True)
@@ -86,3 +87,42 @@ def is_guided(stage: MicroGroup, earlier_rewards: Sequence[float]) -> bool:
     if len(earlier_rewards) == 0:
         raise ValueError("a guided stage needs the rewards of at least one earlier sample")
     return sum(earlier_rewards) / len(earlier_rewards) < stage.threshold
+
+
+def parse_schedule(schedule: Sequence[Mapping | MicroGroup]) -> tuple[MicroGroup, ...]:
+    """A schedule from config data (a list of ``{n, prefix_ratio, threshold}`` mappings, or `MicroGroup`s), validated.
+
+    Why a parser: configs (YAML, ``--set schedule=...``) hold plain mappings; this is the one place they become
+    `MicroGroup`s, so an unknown key or a missing ``n`` is reported by stage number rather than as a TypeError.
+    """
+    stages = []
+    for i, stage in enumerate(schedule, start=1):
+        if isinstance(stage, MicroGroup):
+            stages.append(stage)
+            continue
+        if not isinstance(stage, Mapping) or "n" not in stage:
+            raise ValueError(f"schedule stage {i} must be a mapping with at least 'n', got {stage!r}")
+        unknown = set(stage) - {"n", "prefix_ratio", "threshold"}
+        if unknown:
+            raise ValueError(f"schedule stage {i} has unknown keys {sorted(unknown)}; use n, prefix_ratio, threshold")
+        threshold = stage.get("threshold")
+        stages.append(
+            MicroGroup(
+                n=stage["n"],
+                prefix_ratio=float(stage.get("prefix_ratio", 0.0)),
+                threshold=None if threshold is None else float(threshold),
+            )
+        )
+    return validate_schedule(stages)
+
+
+def schedule_as_data(schedule: Sequence[MicroGroup]) -> list[dict]:
+    """The inverse of `parse_schedule`: plain mappings for configs, YAML and logs (unguided stages without a
+    threshold)."""
+    return [{k: v for k, v in asdict(s).items() if not (k == "threshold" and v is None)} for s in schedule]
+
+
+def always_guided(schedule: Sequence[MicroGroup]) -> tuple[MicroGroup, ...]:
+    """The same stages with every guided stage firing whatever the rewards (threshold ∞): the non-adaptive
+    ``fixed-prefix`` baseline."""
+    return tuple(MicroGroup(s.n, s.prefix_ratio, math.inf) if s.can_guide else s for s in schedule)

@@ -1,4 +1,5 @@
-"""Training data: loaders for the layouts in circulation, OpenR1 preparation, row validation (DESIGN.md §6)."""
+"""Training data: loaders for the layouts in circulation, OpenR1 preparation, row validation (docs/method.md,
+"Data")."""
 
 from trapo.data.loaders import expert_text, from_verl_parquet, from_verl_row, load_training_rows, read_table
 from trapo.data.prepare import PrepareOptions, PrepareReport, merge_with_base, prepare_openr1, write_rows

@@ -5,8 +5,8 @@
   assistant messages or strings), ``extra_info.target`` or ``extra_info.answer_list``.
 - OpenR1-Math rows (``problem`` + ``generations``) need a tokenizer and correctness flags: ``trapo prepare``.
 
-Expert traces keep only the reasoning inside ``<think>…</think>`` by default (``expert_format="think"``, DESIGN.md §4);
-a trace without that block is kept whole. ``expert_format="full"`` keeps every trace whole.
+Expert traces keep only the reasoning inside ``<think>…</think>`` by default (``expert_format="think"``,
+docs/method.md, "Data"); a trace without that block is kept whole. ``expert_format="full"`` keeps every trace whole.
 """
 
 from __future__ import annotations

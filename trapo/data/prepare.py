@@ -1,4 +1,4 @@
-"""``trapo prepare``: OpenR1-Math-style rows → TRAPO training rows (DESIGN.md §4, §6).
+"""``trapo prepare``: OpenR1-Math-style rows → TRAPO training rows (docs/method.md, "Data").
 
 An input row has a problem, its answer and several generations with correctness flags (OpenR1-Math-220k:
 ``generations``, ``correctness_math_verify``, ``is_reasoning_complete``). A generation becomes an expert trace when it

@@ -1,4 +1,5 @@
-"""Benchmark evaluation (DESIGN.md §4): avg@k and unbiased pass@k, vLLM or Hugging Face generation, Math-Verify."""
+"""Benchmark evaluation (docs/method.md, "Evaluation"): avg@k and unbiased pass@k, vLLM or Hugging Face generation,
+Math-Verify."""
 
 from trapo.eval.backends import GenerationBackend, HFBackend, VLLMBackend, vllm_available
 from trapo.eval.benchmarks import ALL_BENCHMARKS, MATH_BENCHMARKS, Problem, load_benchmark, parse_benchmarks

@@ -1,4 +1,4 @@
-"""The evaluation benchmarks (verl layout, DESIGN.md §6): loading, de-duplication, paper defaults.
+"""The evaluation benchmarks (verl layout, docs/method.md, "Evaluation"): loading, de-duplication, paper defaults.
 
 The shipped parquet files repeat some problems (AIME: 30 problems × 32 copies) so that one sample per row gives
 avg@32. Here each problem is kept once and sampled k times instead, which gives the same estimate and lets pass@k be
@@ -12,7 +12,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-# The paper's 5-benchmark average (DESIGN.md §4), then the extra ones.
+# The paper's 5-benchmark average (docs/method.md, "Evaluation"), then the extra ones.
 MATH_BENCHMARKS = ("aime", "amc", "math", "minerva", "olympiad_bench")
 ALL_BENCHMARKS = (*MATH_BENCHMARKS, "aime25", "arc_c")
 CHOICE_BENCHMARKS = frozenset({"arc_c"})
@@ -27,7 +27,7 @@ DISPLAY_NAMES = {
 }
 # Samples per problem in the paper: avg@32 on AIME24 and AMC (and AIME25, same size), one sample elsewhere.
 PAPER_K = {"aime": 32, "amc": 32, "aime25": 32}
-# TRAPO's published scores (Qwen2.5-Math-7B, DESIGN.md §4), for the comparison column of the report.
+# TRAPO's published scores (Qwen2.5-Math-7B, docs/method.md, "Evaluation"), for the comparison column of the report.
 PAPER_TRAPO = {"aime": 28.3, "amc": 66.2, "math": 89.2, "minerva": 41.5, "olympiad_bench": 57.6, "average": 56.6}
 BENCHMARK_DIR_ENV = "TRAPO_BENCHMARK_DIR"
 _CHOICE_LINE = re.compile(r"^\s*\(?([A-Z]|[1-9])\)\s+\S", re.MULTILINE)

@@ -1,4 +1,4 @@
-"""`trapo.pipeline`: per-prompt stage pipelining on a fake async engine (no model, no GPU, well under a second each)."""
+"""`trapo.experimental.pipeline`: per-prompt stage pipelining on a fake async engine (no model, no GPU, fast)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import time
 import pytest
 
 from trapo.core import PAPER_SCHEDULE, MicroGroup, is_guided
-from trapo.pipeline import FakeEngine, run_pipelined, run_stage_synchronous, simulate
+from trapo.experimental.pipeline import FakeEngine, run_pipelined, run_stage_synchronous, simulate
 
 EOS = 1
 PROMPTS = [[100 + g, 10 + g, 20 + g] for g in range(6)]  # distinct first ids: prompt g is ids[0] - 100

@@ -1,0 +1,365 @@
+"""Running `trapo bench`: TRAPO and GRPO train the same steps side by side, each in its own worker process.
+
+For each repetition, every method trains the same number of optimizer steps from the same base weights on the same
+prompts (same seed), with the same prompts × samples; the order alternates (AB, BA, AB, …) so that drift in the
+machine's load hits both. Each method runs in its own worker process (``isolate``), because memory one configuration
+frees stays mapped by the allocator and would count towards the next one's peak.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import statistics
+import sys
+import time
+import traceback
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from trapo.bench.meter import PHASES, PeakMemory, StepMeter
+from trapo.bench.report import load_average, machine_info, rep_metrics, summarize
+from trapo.local_runs import local_trainer_args, quiet_libraries, quiet_trainer
+from trapo.tasks.base import base_model_path, default_cache_dir
+
+BENCH_METHODS = ("trapo", "grpo", "trl-grpo")  # trl-grpo: TRL's own GRPOTrainer, the reference for `grpo`
+
+
+@dataclass
+class BenchSettings:
+    """One benchmark run. ``model='tiny'``: the demo's warm-started base on CPU (it solves 2-operand chains and fails
+    longer ones, so guidance fires on part of the prompts); ``model='large'``: random weights from a config."""
+
+    methods: tuple[str, ...] = ("trapo", "grpo")
+    model: str = "tiny"
+    reps: int = 5
+    steps: int = 2  # timed optimizer steps per repetition
+    warmup_steps: int = 1  # untimed steps first (lazy initialisation, optimizer state)
+    prompts_per_step: int = 8
+    num_generations: int = 8
+    max_completion_length: int = 64
+    reward: str = "chain"  # chain (the task's verifier) | random:P (1 with probability P, seeded by the text)
+    isolate: bool = True  # one worker process per method
+    seed: int = 0
+    rollout: str | None = None  # TRAPOConfig.rollout for TRAPO (None: the trainer's default)
+    threads: int = 2
+    # The large model (GPU), built from a Llama config with random weights.
+    large_hidden: int = 1024
+    large_layers: int = 12
+    large_heads: int = 16
+    device: str = "auto"  # auto | cpu | cuda (tiny always runs on CPU unless set to cuda)
+    cache_dir: str = field(default_factory=default_cache_dir)
+    train_problems: int = 600
+
+    def __post_init__(self):
+        unknown = [m for m in self.methods if m not in BENCH_METHODS]
+        if unknown:
+            raise ValueError(f"unknown bench method(s) {unknown}; choose from {', '.join(BENCH_METHODS)}")
+        if self.model not in ("tiny", "large"):
+            raise ValueError(f"model must be 'tiny' or 'large', got {self.model!r}")
+        if self.reps < 1 or self.steps < 1 or self.warmup_steps < 0:
+            raise ValueError("reps and steps must be ≥ 1, warmup_steps ≥ 0")
+        make_reward(self.reward)  # validates
+
+
+# ---------------------------------------------------------------------------------------------------- rewards
+
+
+def make_reward(spec: str):
+    """``chain``: the chain task's verifier; ``random:P``: 1.0 with probability P, a deterministic hash of prompt and
+    completion (so TRAPO's guidance fires at a controlled rate even on a model that solves nothing)."""
+    if spec == "chain":
+        from trapo.tasks.chains import chain_reward
+
+        return chain_reward
+    if spec.startswith("random:"):
+        try:
+            p = float(spec.split(":", 1)[1])
+        except ValueError:
+            p = -1.0
+        if not 0.0 <= p <= 1.0:
+            raise ValueError(f"reward random:P needs 0 ≤ P ≤ 1, got {spec!r}")
+
+        def controlled_reward(completions, prompts, **kwargs):
+            out = []
+            for c, q in zip(completions, prompts, strict=True):
+                digest = hashlib.sha256(f"{q}\x00{c}".encode()).digest()
+                out.append(1.0 if int.from_bytes(digest[:8], "big") / 2**64 < p else 0.0)
+            return out
+
+        return controlled_reward
+    raise ValueError(f"reward must be 'chain' or 'random:P', got {spec!r}")
+
+
+# ---------------------------------------------------------------------------------------------------- running
+
+
+class Runner:
+    """Everything one method needs, built once; ``run_rep`` trains a fresh trainer from the base weights."""
+
+    def __init__(self, settings: BenchSettings, method: str):
+        import torch
+
+        from trapo.tasks.chains import TRAIN_TIERS, make_problems, to_rows
+
+        quiet_bench()
+        torch.set_num_threads(max(1, min(settings.threads, os.cpu_count() or 1)))
+        self.settings, self.method = settings, method
+        self.device = resolve_device(settings)
+        self.tokenizer, self.model = load_bench_model(settings)
+        self.base_state = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+        from datasets import Dataset
+
+        rows = to_rows(make_problems(settings.train_problems, TRAIN_TIERS, "train", seed=0))
+        self.dataset = Dataset.from_list(rows)
+        self.reward = make_reward(settings.reward)
+        self.memory = PeakMemory(self.device)
+
+    def run_rep(self, rep: int, output_dir: str) -> dict:
+        import torch
+
+        s = self.settings
+        self.model.load_state_dict(self.base_state)
+        trainer = self._trainer(seed=s.seed + rep, output_dir=output_dir)
+        meter = StepMeter(trainer)
+        state = {"seen": 0}
+
+        from transformers import TrainerCallback
+
+        runner = self
+        before: dict = {}
+
+        class _WarmupDone(TrainerCallback):
+            def on_step_begin(self, args, st, control, **kwargs):
+                if st.global_step == s.warmup_steps and not state["seen"]:
+                    state["seen"] = 1
+                    runner.memory.reset()
+                    before.update(getattr(trainer, "rollout_stats", {}))
+
+        trainer.add_callback(_WarmupDone())
+        # Ours must run before the meter's on_step_begin timer starts: move it first.
+        trainer.callback_handler.callbacks.insert(0, trainer.callback_handler.callbacks.pop())
+        torch.manual_seed(s.seed + rep)
+        trainer.train()
+        peak = self.memory.peak()
+        meter.close()
+        timed = meter.records[s.warmup_steps :]
+        stats = Counter(getattr(trainer, "rollout_stats", {}))
+        stats.subtract(before)
+        rewards = [h["reward"] for h in trainer.state.log_history if "reward" in h][s.warmup_steps :]
+        result = {
+            "method": self.method,
+            "rep": rep,
+            "steps": timed,
+            "peak_memory": peak,
+            "baseline_memory": self.memory.baseline,
+            "memory_kind": self.memory.kind,
+            "samples": stats.get("samples", 0),
+            "guided_samples": stats.get("guided_samples", 0),
+            # The trainer counts every generated continuation; speculative rollouts also count the discarded ones.
+            "kept_tokens": stats.get("generated_tokens", 0) - stats.get("discarded_tokens", 0),
+            "reward_mean": statistics.fmean(rewards) if rewards else None,
+        }
+        trainer = None  # free it before the next repetition builds one
+        return result
+
+    def _trainer(self, seed: int, output_dir: str):
+        s = self.settings
+        common = dict(
+            output_dir=output_dir,
+            num_generations=s.num_generations,
+            per_device_train_batch_size=s.prompts_per_step * s.num_generations,
+            max_steps=s.warmup_steps + s.steps,
+            learning_rate=1e-4,
+            lr_scheduler_type="constant",
+            max_completion_length=s.max_completion_length,
+            logging_steps=1,
+            **local_trainer_args(seed, cuda=self.device == "cuda"),
+        )
+        if self.method == "trl-grpo":
+            from trl import GRPOConfig, GRPOTrainer
+
+            config_class, trainer_class = GRPOConfig, GRPOTrainer
+            extra = dict(loss_type="dr_grpo", scale_rewards="none", beta=0.0, remove_unused_columns=False)
+        else:
+            from trapo.trainer import TRAPOConfig, TRAPOTrainer
+
+            config_class, trainer_class = TRAPOConfig, TRAPOTrainer
+            extra = {"method": self.method}
+            if s.rollout and self.method == "trapo":
+                extra["rollout"] = s.rollout
+        trainer = trainer_class(
+            model=self.model,
+            reward_funcs=self.reward,
+            args=config_class(**common, **extra),
+            train_dataset=self.dataset,
+            processing_class=self.tokenizer,
+        )
+        quiet_trainer(trainer)
+        return trainer
+
+
+def resolve_device(settings: BenchSettings) -> str:
+    import torch
+
+    if settings.device != "auto":
+        return settings.device
+    if settings.model == "large" and torch.cuda.is_available():
+        return "cuda"
+    return "cpu"
+
+
+def prepare_bench_model(settings: BenchSettings, log=None) -> None:
+    """Build (or find) what `load_bench_model` reads: the demo's cached base for ``tiny`` (nothing for ``large``)."""
+    if settings.model == "tiny":
+        base_model_path(cache_dir=settings.cache_dir, log=log or _log)
+
+
+def load_bench_model(settings: BenchSettings):
+    """(tokenizer, model): the demo's cached warm-started base (tiny) or a random-weight Llama (large)."""
+    from trapo.tasks.tiny_model import build_model, build_tokenizer
+
+    if settings.model == "tiny":
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        path = base_model_path(cache_dir=settings.cache_dir, log=_log)
+        return AutoTokenizer.from_pretrained(path), AutoModelForCausalLM.from_pretrained(path)
+    tokenizer = build_tokenizer()
+    model = build_model(
+        tokenizer,
+        hidden_size=settings.large_hidden,
+        num_layers=settings.large_layers,
+        num_heads=settings.large_heads,
+        max_positions=max(1024, 2 * settings.max_completion_length + 64),
+        seed=0,
+    )
+    return tokenizer, model
+
+
+def _log(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def quiet_bench() -> None:
+    """`trapo.local_runs.quiet_libraries`, and no warnings: the report is the output."""
+    import warnings
+
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    quiet_libraries()
+    warnings.filterwarnings("ignore")
+
+
+def _worker(conn, settings_dict: dict, method: str) -> None:
+    """Worker process: builds a Runner, then runs repetitions on request until told to stop."""
+    try:
+        runner = Runner(BenchSettings(**settings_dict), method)
+        conn.send(("ready", None))
+        while True:
+            command, payload = conn.recv()
+            if command == "stop":
+                break
+            conn.send(("result", runner.run_rep(**payload)))
+    except Exception:  # the parent re-raises with this traceback
+        conn.send(("error", traceback.format_exc()))
+    finally:
+        conn.close()
+
+
+class _Workers:
+    """One process per method, run strictly one at a time (never concurrently): the parent alternates them."""
+
+    def __init__(self, settings: BenchSettings):
+        import multiprocessing as mp
+
+        ctx = mp.get_context("spawn")
+        self.conns, self.procs = {}, {}
+        settings_dict = asdict(settings)
+        for method in settings.methods:
+            parent, child = ctx.Pipe()
+            proc = ctx.Process(target=_worker, args=(child, settings_dict, method), daemon=True)
+            proc.start()
+            child.close()
+            self.conns[method], self.procs[method] = parent, proc
+            self._receive(method)  # built before the next starts: no two builds share the cores
+
+    def _receive(self, method: str):
+        kind, payload = self.conns[method].recv()
+        if kind == "error":
+            raise RuntimeError(f"bench worker for {method!r} failed:\n{payload}")
+        return payload
+
+    def run_rep(self, method: str, **payload) -> dict:
+        self.conns[method].send(("run", payload))
+        return self._receive(method)
+
+    def close(self) -> None:
+        for method, conn in self.conns.items():
+            try:
+                conn.send(("stop", None))
+            except (BrokenPipeError, OSError):
+                pass
+            self.procs[method].join(timeout=30)
+
+
+def run_bench(settings: BenchSettings, work_dir: str | None = None, log=_log) -> dict:
+    """Run every repetition (methods alternating AB, BA, …) and return the raw per-step results and the summary."""
+    import tempfile
+
+    started = time.perf_counter()
+    load_before = load_average()
+    tmp = tempfile.TemporaryDirectory(prefix="trapo-bench-") if work_dir is None else None
+    work = Path(work_dir or tmp.name)
+    prepare_bench_model(settings, log=log)  # once, before any worker starts
+    workers = _Workers(settings) if settings.isolate else None
+    runners = None if settings.isolate else {m: Runner(settings, m) for m in settings.methods}
+    results = []
+    try:
+        for rep in range(settings.reps):
+            order = list(settings.methods) if rep % 2 == 0 else list(reversed(settings.methods))
+            for method in order:
+                payload = {"rep": rep, "output_dir": str(work / f"{method}-{rep}")}
+                result = workers.run_rep(method, **payload) if workers else runners[method].run_rep(**payload)
+                results.append(result)
+                step = statistics.fmean(r["step"] for r in result["steps"])
+                log(f"rep {rep + 1}/{settings.reps} {method}: {step:.2f} s/step")
+    finally:
+        if workers:
+            workers.close()
+        if tmp is not None:
+            tmp.cleanup()
+    return {
+        "settings": asdict(settings),
+        "machine": machine_info(),
+        "load_average": {"before": load_before, "after": load_average()},
+        "wall_seconds": time.perf_counter() - started,
+        "results": results,
+        "summary": summarize(results, settings.methods),
+    }
+
+
+# ------------------------------------------------------------------------------------------------------ profile
+
+
+def profile_step(settings: BenchSettings, method: str = "trapo", top: int = 25) -> str:
+    """cProfile over the timed steps of one repetition of ``method``, in this process; the top functions by
+    own time and by cumulative time."""
+    import cProfile
+    import io
+    import pstats
+    import tempfile
+
+    runner = Runner(settings, method)
+    with tempfile.TemporaryDirectory(prefix="trapo-profile-") as work:
+        runner.run_rep(0, str(Path(work) / "warm"))  # warm caches outside the profile
+        profiler = cProfile.Profile()
+        profiler.enable()
+        result = runner.run_rep(1, str(Path(work) / "run"))
+        profiler.disable()
+    out = io.StringIO()
+    stats = pstats.Stats(profiler, stream=out).strip_dirs()
+    stats.sort_stats("tottime").print_stats(top)
+    stats.sort_stats("cumulative").print_stats(top)
+    metrics = rep_metrics(result)
+    phases = ", ".join(f"{k} {metrics[k]:.3f}" for k in ("step", *PHASES))
+    return f"{method}: per step (s, under the profiler): {phases}\n\n{out.getvalue()}"

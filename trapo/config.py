@@ -1,0 +1,216 @@
+"""`TRAPOConfig` and the RL presets: every method of `TRAPOTrainer` is a handful of config values.
+
+Split like TRL's ``grpo_config.py`` / ``grpo_trainer.py``: this module holds settings and their validation only, so
+a config can be built, printed and checked (``trapo train --dry-run``) without touching a model. The rules the
+settings select are in ``docs/method.md``.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass, field
+
+from trl import GRPOConfig
+
+from trapo.core import PAPER_SCHEDULE, PREFIX_LOSS_KINDS, MicroGroup, parse_schedule, schedule_size
+from trapo.core.schedule import always_guided, schedule_as_data
+
+# ---------------------------------------------------------------------------------------------------- presets
+
+RL_PRESETS: dict[str, dict] = {
+    # The method: adaptive micro-groups + trust-region SFT on each distinct prefix.
+    "trapo": {"schedule": PAPER_SCHEDULE, "prefix_loss": "trsft"},
+    # Plain GRPO (Dr. GRPO loss): one stage of num_generations unguided samples.
+    "grpo": {"schedule": None, "prefix_loss": "none"},
+    # Ablation "no adaptivity" (not in the paper): the same stages, every guided stage fires whatever the rewards.
+    "fixed-prefix": {"schedule": always_guided(PAPER_SCHEDULE), "prefix_loss": "trsft"},
+    # Ablation "micro-groups only": prefixes are context, their tokens get no loss.
+    "context-only": {"schedule": PAPER_SCHEDULE, "prefix_loss": "none"},
+    # Ablation "standard SFT on prefixes": NLL instead of TrSFT (collapses in the paper: 32.3).
+    "naive-sft": {"schedule": PAPER_SCHEDULE, "prefix_loss": "nll"},
+    # LUFFY: 7 on-policy samples + 1 off-policy expert trace, advantage-weighted p/(p+γ) shaping.
+    "luffy": {
+        "schedule": (MicroGroup(7), MicroGroup(1, 1.0, float("inf"))),
+        "prefix_loss": "luffy",
+        "prefix_weight": "advantage",
+        "second_trace_for_full": False,
+    },
+}
+
+
+def rl_preset(method: str, num_generations: int) -> dict:
+    """The config values of an RL preset; ``grpo`` sizes its single stage to ``num_generations``."""
+    if method not in RL_PRESETS:
+        hint = ""
+        if method in ("sft", "sft-then-grpo"):
+            hint = f" ({method} is an SFT baseline: run it with trapo.recipes.train_method or `trapo train`)"
+        raise ValueError(f"unknown method {method!r} for TRAPOTrainer; choose one of {', '.join(RL_PRESETS)}{hint}")
+    values = {"prefix_weight": "one", "second_trace_for_full": True, **RL_PRESETS[method]}
+    values["schedule"] = schedule_as_data(values["schedule"] or (MicroGroup(num_generations),))
+    return values
+
+
+# ----------------------------------------------------------------------------------------------------- config
+
+
+@dataclass
+class TRAPOConfig(GRPOConfig):
+    """`GRPOConfig` plus TRAPO's settings. Defaults reproduce the paper (docs/method.md).
+
+    RL defaults changed from TRL's: ``loss_type="dr_grpo"`` (token sum ÷ batch × max_completion_length, so
+    prefix and RL tokens weigh 1:1), ``scale_rewards="none"`` (Â = r − group mean), ``entropy_coef=0.001``,
+    ``beta=0`` (no KL), one update per rollout batch.
+    """
+
+    method: str = field(
+        default="trapo",
+        metadata={
+            "help": "Preset: trapo | grpo | fixed-prefix | context-only | naive-sft | luffy. Sets `schedule`, "
+            "`prefix_loss`, `prefix_weight` and `second_trace_for_full` unless you set them yourself."
+        },
+    )
+    schedule: list[dict] | None = field(
+        default=None,
+        metadata={
+            "help": "Micro-group stages, each {n, prefix_ratio, threshold}: stage k shows prefix_ratio of the expert "
+            "trace when the mean reward of all earlier samples of the prompt is < threshold. Sizes must sum to "
+            "num_generations. None = the method's schedule (trapo: the paper's 4/2/1/1)."
+        },
+    )
+    alpha: float = field(default=0.1, metadata={"help": "TrSFT trust-region bound: gradient 1/max(p, alpha)."})
+    prefix_loss: str | None = field(
+        default=None,
+        metadata={"help": "Loss on imitated expert-prefix tokens: trsft | nll | luffy | none. None = the method's."},
+    )
+    sft_loss: str | None = field(
+        default=None, metadata={"help": "Deprecated alias of `prefix_loss` (removed in the next release)."}
+    )
+    luffy_gamma: float = field(default=0.1, metadata={"help": "γ of the luffy loss -p/(p+γ)."})
+    prefix_weight: str | None = field(
+        default=None,
+        metadata={
+            "help": "Weight of the prefix loss: 'one' (TRAPO: plain imitation) or 'advantage' (LUFFY: times Â). "
+            "None = the method's."
+        },
+    )
+    pg_clip: float | None = field(
+        default=None, metadata={"help": "PPO clip ε of the policy-gradient term; None = no clip (reference)."}
+    )
+    expert_column: str = field(default="expert", metadata={"help": "Dataset column: list of expert solutions."})
+    answer_column: str | None = field(
+        default="answer",
+        metadata={"help": "Dataset column: ground-truth answer (a string). None if no reward function needs one."},
+    )
+    paragraph_boundary: str = field(
+        default="\n\n", metadata={"help": "Prefixes end after a token ending with this text when one is near."}
+    )
+    prefix_lookahead: float = field(
+        default=0.3, metadata={"help": "How far past ⌊ratio·len⌋ (as a share of the trace) to look for a boundary."}
+    )
+    second_trace_for_full: bool | None = field(
+        default=None,
+        metadata={
+            "help": "The full-trace stage (ratio 1) uses the second expert trace when a row has one (TRAPO's "
+            "released code). None = the method's (luffy: False, it imitates its own first trace)."
+        },
+    )
+    rollout: str = field(
+        default="staged",
+        metadata={
+            "help": "How the stages are generated. 'staged' (default): one generate call per stage, after the previous "
+            "stage is scored. 'speculative': one generate call per step that draws, for every prompt, each later "
+            "stage's unguided and guided candidates; the guidance decisions, taken stage by stage as before, then "
+            "pick one and the other is discarded. Every candidate is an independent draw given its context, so the "
+            "samples have the same distribution as 'staged', in one decode loop instead of up to four, at the cost "
+            "of the discarded rows (11 rows per prompt instead of 8 with the paper's schedule). See "
+            "docs/benchmarks.md for when it pays."
+        },
+    )
+    max_prompt_length: int | None = field(
+        default=None,
+        metadata={
+            "help": "Prompt budget in tokens: a training row whose prompt is longer is an error before training "
+            "starts (the paper: 1024). None = no check."
+        },
+    )
+    reward_timeout: float | None = field(
+        default=120.0,
+        metadata={
+            "help": "Seconds one reward-function call (one stage's batch) may take. A call that times out or raises "
+            "scores 0 for its batch and is counted (trapo/reward_failures); None or 0 = no limit."
+        },
+    )
+    max_reward_failures: int = field(
+        default=10,
+        metadata={
+            "help": "Consecutive failed reward calls (timeouts or exceptions) after which training stops with the "
+            "last error: a few are survivable, a broken reward function is not."
+        },
+    )
+    skip_nonfinite_steps: bool = field(
+        default=True,
+        metadata={
+            "help": "Skip the optimizer step (weights and optimizer state unchanged) when a gradient is NaN/inf; "
+            "counted in trapo/skipped_steps."
+        },
+    )
+    # Changed defaults (docs/method.md, "The loss").
+    loss_type: str = field(default="dr_grpo", metadata={"help": "Only 'dr_grpo' is supported by TRAPOTrainer."})
+    scale_rewards: str = field(default="none", metadata={"help": "'none': Â = r − mean; 'group': also ÷ std."})
+    entropy_coef: float = field(default=0.001, metadata={"help": "Entropy bonus coefficient (reference: 0.001)."})
+    remove_unused_columns: bool | None = field(
+        default=False, metadata={"help": "Kept False: the trainer needs the expert and answer columns."}
+    )
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.sft_loss is not None:
+            warnings.warn(
+                "TRAPOConfig.sft_loss is deprecated: it is the loss on expert-prefix tokens, now `prefix_loss`",
+                FutureWarning,
+                stacklevel=3,
+            )
+            if self.prefix_loss is not None and self.prefix_loss != self.sft_loss:
+                raise ValueError(f"sft_loss={self.sft_loss!r} and prefix_loss={self.prefix_loss!r} disagree; set one")
+            self.prefix_loss, self.sft_loss = self.sft_loss, None
+        preset = rl_preset(self.method, self.num_generations)
+        for key, value in preset.items():
+            if getattr(self, key) is None:
+                setattr(self, key, value)
+        self.micro_groups = parse_schedule(self.schedule)
+        self._validate()
+
+    def _validate(self) -> None:
+        if schedule_size(self.micro_groups) != self.num_generations:
+            raise ValueError(
+                f"num_generations ({self.num_generations}) must equal the schedule's total "
+                f"({' + '.join(str(s.n) for s in self.micro_groups)} = {schedule_size(self.micro_groups)}); "
+                "change one of them"
+            )
+        if self.prefix_loss not in PREFIX_LOSS_KINDS:
+            raise ValueError(f"prefix_loss must be one of {PREFIX_LOSS_KINDS}, got {self.prefix_loss!r}")
+        if self.prefix_weight not in ("one", "advantage"):
+            raise ValueError(f"prefix_weight must be 'one' or 'advantage', got {self.prefix_weight!r}")
+        if not 0.0 < self.alpha <= 1.0:
+            raise ValueError(f"alpha must be in (0, 1], got {self.alpha}")
+        if self.luffy_gamma <= 0.0:
+            raise ValueError(f"luffy_gamma must be > 0, got {self.luffy_gamma}")
+        if self.loss_type != "dr_grpo":
+            raise ValueError(
+                f"TRAPOTrainer implements the Dr. GRPO normalisation only; got loss_type={self.loss_type!r}"
+            )
+        if self.rollout not in ("staged", "speculative"):
+            raise ValueError(f"rollout must be 'staged' or 'speculative', got {self.rollout!r}")
+        if self.max_reward_failures < 1:
+            raise ValueError(f"max_reward_failures must be >= 1, got {self.max_reward_failures}")
+        if self.scale_rewards not in ("none", "group"):
+            raise ValueError(f"scale_rewards must be 'none' or 'group' (per prompt), got {self.scale_rewards!r}")
+        if self.use_adaptive_entropy:
+            raise ValueError("use_adaptive_entropy is not supported by TRAPOTrainer; set entropy_coef instead")
+        local_batch = self.per_device_train_batch_size * self.steps_per_generation
+        if local_batch % self.num_generations != 0:
+            raise ValueError(
+                f"per_device_train_batch_size × steps_per_generation ({local_batch}) must be a multiple of "
+                f"num_generations ({self.num_generations}): each process must hold whole prompt groups, because "
+                "the guidance decisions of a prompt need all its samples"
+            )
