@@ -1,4 +1,4 @@
-"""`trapo demo --quick` end to end through the CLI: table, results.json and plots are written."""
+"""`trapo demo`: settings, sweeps, and `--quick` end to end through the CLI (table, results.json and plots)."""
 
 from __future__ import annotations
 
@@ -9,54 +9,41 @@ import sys
 
 import pytest
 
+from trapo.commands.demo import parse_sweeps
+from trapo.demo import DemoSettings
+from trapo.demo.report import format_table, paired_difference, summarize
+
 
 @pytest.mark.slow
 def test_quick_demo_writes_table_json_and_plots(tmp_path):
     out = tmp_path / "demo"
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
-    cmd = [
-        sys.executable,
-        "-m",
-        "trapo.cli",
-        "demo",
-        "--quick",
-        "--methods",
-        "trapo,grpo,sft,sft-then-grpo",
-        "--alpha",
-        "0.05",
-        "--learning-rate",
-        "5e-4",
-        "--output-dir",
-        str(out),
-        "--cache-dir",
-        str(tmp_path / "cache"),
-    ]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
+    cmd = [sys.executable, "-m", "trapo.cli", "demo", "--quick", "--cache-dir", str(tmp_path / "cache")]
+    args = ["--methods", "trapo,grpo,sft,sft-then-grpo", "--alpha", "0.05", "--learning-rate", "5e-4"]
+    args += ["--sweep", "alpha=0.01,0.3", "--output-dir", str(out)]
+    proc = subprocess.run([*cmd, *args], capture_output=True, text=True, timeout=600, env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "| trapo |" in proc.stdout and "| sft-then-grpo |" in proc.stdout
+    assert "| trapo |" in proc.stdout and "| sft-then-grpo |" in proc.stdout and "| trapo alpha=0.3 |" in proc.stdout
+    assert "Warning" not in proc.stderr, proc.stderr[-3000:]  # no library deprecation noise
     results = json.loads((out / "results.json").read_text())
-    assert [r["method"] for r in results["runs"]] == ["trapo", "grpo", "sft", "sft-then-grpo"]
+    methods = [r["method"] for r in results["runs"]]
+    assert methods == ["trapo", "grpo", "sft", "sft-then-grpo", "trapo alpha=0.01", "trapo alpha=0.3"]
     assert results["settings"]["alpha"] == 0.05 and results["settings"]["learning_rate"] == 5e-4
+    assert results["runs"][4]["overrides"] == {"alpha": 0.01}
+    for tier in ("5", "6"):  # the base's pass@8 alone and with each prefix, per tier, before training
+        assert set(results["base_regime"][tier]) == {"alone", "prefix_25", "prefix_50"}
     for run in results["runs"]:
         assert run["curve"][-1][0] == results["settings"]["steps"]  # evaluated at the last step
-        assert set(run["final"]) == {"tier_2", "tier_3", "tier_4", "tier_5", "overall"}
+        assert {"tier_2", "tier_7", "hard", "overall"} <= set(run["final"])
     trapo = results["runs"][0]
-    assert trapo["guided_share"] > 0 and trapo["level_share"]  # the quick base fails: guidance fires
+    assert trapo["guided_share"] > 0 and trapo["guidance"]  # the smoke base fails: guidance fires
+    assert "guided_frac/stage2" in trapo["guidance"][0]
     assert results["runs"][1]["guided_share"] == 0  # grpo is never guided
-    for name in ("accuracy.png", "guidance.png", "results.md"):
+    for name in ("accuracy.png", "tiers.png", "guidance.png", "sweep.png", "results.md"):
         assert (out / name).stat().st_size > 0
     # The warm-started base is cached: a second run reuses it.
     again = subprocess.run(
-        [
-            *cmd[:4],
-            "--quick",
-            "--methods",
-            "grpo",
-            "--output-dir",
-            str(out / "2"),
-            "--cache-dir",
-            str(tmp_path / "cache"),
-        ],
+        [*cmd, "--methods", "grpo", "--output-dir", str(out / "2")],
         capture_output=True,
         text=True,
         timeout=600,
@@ -65,8 +52,51 @@ def test_quick_demo_writes_table_json_and_plots(tmp_path):
     assert again.returncode == 0 and "cached at" in again.stdout
 
 
-def test_demo_rejects_unknown_methods(tmp_path):
-    from trapo.demo import DemoSettings, run
-
+def test_demo_settings_reject_bad_values():
     with pytest.raises(ValueError, match="unknown demo method"):
-        run(DemoSettings(methods=("trapo", "ppo"), output_dir=str(tmp_path)))
+        DemoSettings(methods=("trapo", "ppo"))
+    with pytest.raises(ValueError, match="cannot sweep 'learning_rate'"):
+        DemoSettings(sweep={"learning_rate": (1e-3,)})
+    with pytest.raises(ValueError, match="device"):
+        DemoSettings(device="tpu")
+
+
+def test_every_method_and_sweep_value_runs_on_every_seed():
+    settings = DemoSettings(methods=("trapo", "grpo"), seeds=2, sweep={"alpha": (0.01, 0.3)})
+    assert settings.runs() == [
+        ("trapo", 0, {}),
+        ("grpo", 0, {}),
+        ("trapo", 1, {}),
+        ("grpo", 1, {}),
+        ("trapo", 0, {"alpha": 0.01}),
+        ("trapo", 0, {"alpha": 0.3}),
+        ("trapo", 1, {"alpha": 0.01}),
+        ("trapo", 1, {"alpha": 0.3}),
+    ]
+
+
+@pytest.mark.parametrize("bad", ["alpha", "alpha=", "alpha=x,1", "=0.1"])
+def test_sweep_flags_parse_or_say_what_is_wrong(bad):
+    assert parse_sweeps(["alpha=0.01,0.1,0.3"]) == {"alpha": (0.01, 0.1, 0.3)}
+    assert parse_sweeps([]) is None
+    with pytest.raises(ValueError, match="expected KEY=V1,V2"):
+        parse_sweeps([bad])
+
+
+def record(method, seed, hard):
+    final = {"tier_5": hard, "hard": hard, "overall": hard}
+    return {"method": method, "seed": seed, "final": final, "wall_seconds": 1.0, "generated_tokens": 0,
+            "guided_share": 0.0}  # fmt: skip
+
+
+def test_summary_and_paired_difference_over_seeds():
+    records = [record("trapo", s, h) for s, h in enumerate((0.5, 0.7, 0.6))]
+    records += [record("grpo", s, h) for s, h in enumerate((0.1, 0.2, 0.0))]
+    summary = summarize(records)
+    assert summary["trapo"]["hard"]["mean"] == pytest.approx(0.6) and summary["trapo"]["hard"]["std"] == pytest.approx(
+        0.1
+    )
+    diff = paired_difference(records, "trapo", "grpo")
+    assert diff["mean"] == pytest.approx(0.5) and diff["std"] == pytest.approx(0.1) and diff["n"] == 3
+    table = format_table({"summary": summary, "base": {"tier_5": 0.0, "hard": 0.0}, "hard_tiers": [5]})
+    assert "| trapo | 0.60 ± 0.10 | 0.60 ± 0.10 |" in table and "5 digits (hard)" in table

@@ -1,11 +1,15 @@
-"""The built-in chain task: determinism, splits, and a verifier that accepts every expert and nothing else."""
+"""The built-in chain task: determinism, disjoint splits, a verifier that accepts the derivation and nothing else."""
 
 from __future__ import annotations
 
 import pytest
 
 from trapo.tasks.chains import (
+    HARD_TIERS,
     TIERS,
+    TRAIN_TIERS,
+    WARM_TIERS,
+    WIDTH,
     Problem,
     chain_reward,
     is_held_out,
@@ -16,6 +20,23 @@ from trapo.tasks.chains import (
 )
 
 
+def test_the_worked_example():
+    problem = Problem((4, 2, 7, 5))
+    assert problem.prompt == "...4275="
+    assert problem.solution() == "....675\n\n.....35\n\n......8\n\nanswer 8"
+    assert problem.answer == 8 and problem.tier == 4
+
+
+def test_every_line_has_the_same_width_and_reduces_the_chain_by_one():
+    for problem in make_problems(60, TIERS, "eval"):
+        lines = problem.steps()
+        assert len(lines) == problem.tier - 1
+        assert all(len(line) == WIDTH for line in lines) and len(problem.prompt) == WIDTH + 1
+        digits = [len(line.lstrip(".")) for line in lines]
+        assert digits == list(range(problem.tier - 1, 0, -1))
+        assert lines[-1].lstrip(".") == str(problem.answer)
+
+
 def test_generator_is_deterministic_and_seeded():
     a = make_problems(40, TIERS, "train", seed=3)
     assert a == make_problems(40, TIERS, "train", seed=3)
@@ -23,50 +44,76 @@ def test_generator_is_deterministic_and_seeded():
 
 
 def test_train_and_eval_splits_are_disjoint_and_cover_every_tier():
-    train = make_problems(200, (2, 3, 4), "train", seed=0)
-    held = make_problems(200, TIERS, "eval", seed=0)
-    assert not {p.operands for p in train} & {p.operands for p in held}
+    train = make_problems(600, TRAIN_TIERS, "train")
+    held = make_problems(240, TIERS, "eval")
+    assert not {p.digits for p in train} & {p.digits for p in held}
     assert all(not is_held_out(p) for p in train) and all(is_held_out(p) for p in held)
     assert {p.tier for p in held} == set(TIERS)
-    assert len({p.operands for p in train}) == len(train)  # distinct
+    assert len({p.digits for p in train}) == len(train)  # distinct
+    assert set(HARD_TIERS) <= set(TRAIN_TIERS) and not set(HARD_TIERS) & set(WARM_TIERS)
+    assert max(TIERS) not in TRAIN_TIERS  # the longest tier is held out entirely: extrapolation
 
 
-def test_every_expert_solution_verifies_and_has_paragraph_steps():
-    problems = make_problems(200, TIERS, "eval", 0)
+def test_small_tiers_contribute_their_whole_split_when_asked_for_more():
+    held = make_problems(100, (2,), "eval")
+    train = make_problems(100, (2,), "train")
+    assert len(held) + len(train) == 100 and len(held) < 40
+    many = make_problems(3000, (3,), "train")  # more than the ~800 that exist: all of them, and it terminates
+    assert len(many) == len({p.digits for p in many}) and 700 < len(many) < 900
+
+
+def test_every_expert_solution_verifies():
+    problems = make_problems(120, TIERS, "eval")
     for row, problem in zip(to_rows(problems), problems, strict=True):
-        assert len(row["expert"]) == 2 and row["expert"][0] != row["expert"][1]
-        for trace in row["expert"]:
-            assert verify(trace, problem.operands)
-            assert trace.count("\n\n") >= problem.tier - 1
+        assert row["expert"] == [problem.solution()] * 2
+        assert verify(row["expert"][0], problem) and verify(f"  {row['expert'][0]}\n", problem)
         assert chain_reward(row["expert"], [row["prompt"]] * 2) == [1.0, 1.0]
-        assert row["answer"] == str(sum(problem.operands) % 10)
+        assert row["answer"] == str(problem.answer) and row["tier"] == problem.tier
+        assert parse_prompt(row["prompt"]) == problem
 
 
 @pytest.mark.parametrize(
     "text",
     [
-        "3+5=8\n\nanswer 8",  # stops after one step: right format, missing the rest of the chain
-        "3+5=8\n\n8+8=6\n\n6+2=8\n\nanswer 9",  # wrong final answer
-        "3+5=8\n\n8+8=7\n\n7+2=9\n\nanswer 9",  # a wrong step, consistently carried on
-        "3+5=8\n\n8+2=0\n\n0+8=8\n\nanswer 8",  # right answer, operands in the wrong order
+        "....675\n\nanswer 8",  # stops after one step: right format, missing the rest of the chain
+        "....675\n\n.....35\n\n......8\n\nanswer 9",  # wrong final answer
+        "....675\n\n.....45\n\n......9\n\nanswer 9",  # a wrong step, consistently carried on
+        "....675\n\n.....35\n\n......8",  # no answer line
         "answer 8",  # a guess of the right digit, no derivation
-        "start 3\n\nadd 5 get 8\n\n8+8=6\n\nadd 2 get 8\n\nanswer 8",  # styles mixed
-        "3+5=8\n\n8+8=6\n\n6+2=8\n\nanswer 8\n\nanswer 8",  # trailing junk
+        "...675\n\n.....35\n\n......8\n\nanswer 8",  # a misaligned line
+        "....675\n\n......8\n\nanswer 8",  # a step skipped
+        "....675\n\n.....35\n\n......8\n\nanswer 8\n\nanswer 8",  # trailing junk
+        "....675\n.....35\n......8\nanswer 8",  # wrong line breaks
         "",
     ],
 )
-def test_wrong_or_unjustified_answers_score_zero(text):
-    problem = Problem((3, 5, 8, 2))
-    assert problem.answer == 8
-    assert not verify(text, problem.operands)
+def test_wrong_malformed_or_unjustified_derivations_score_zero(text):
+    problem = Problem((4, 2, 7, 5))
+    assert not verify(text, problem)
     assert chain_reward([text], [problem.prompt]) == [0.0]
 
 
 def test_reward_accepts_chat_messages_and_rejects_foreign_prompts():
     p = Problem((1, 2))
-    assert chain_reward([[{"role": "assistant", "content": "1+2=3\n\nanswer 3"}]], [p.prompt]) == [1.0]
-    assert chain_reward(["1+2=3\n\nanswer 3"], ["what is 1+2?"]) == [0.0]
-    assert parse_prompt("mod 10: 1+2+3=") == (1, 2, 3) and parse_prompt("1+2=") is None
+    solution = p.solution()
+    assert chain_reward([[{"role": "assistant", "content": solution}]], [p.prompt]) == [1.0]
+    assert chain_reward([solution], ["what is 1+2?"]) == [0.0]
+    assert chain_reward([None], [p.prompt]) == [0.0]
+    for bad in ("12=", "....1x2=", "..1234567=", "1+2=", ""):
+        assert parse_prompt(bad) is None, bad
+
+
+@pytest.mark.parametrize("digits", [(5,), (1, 2, 3, 4, 5, 6, 7, 8), (1, 10), (-1, 2)])
+def test_problems_outside_the_task_are_refused(digits):
+    with pytest.raises(ValueError, match="a chain has 2 to"):
+        Problem(digits)
+
+
+def test_make_problems_refuses_unknown_splits_and_tiers():
+    with pytest.raises(ValueError, match="split"):
+        make_problems(4, TIERS, "test")
+    with pytest.raises(ValueError, match="do not exist"):
+        make_problems(4, (9,), "train")
 
 
 def test_tiny_model_and_tokenizer_round_trip_through_auto_classes(tmp_path):
@@ -78,7 +125,7 @@ def test_tiny_model_and_tokenizer_round_trip_through_auto_classes(tmp_path):
     tokenizer = build_tokenizer()
     build_model(tokenizer, hidden_size=32, num_layers=1).save_pretrained(tmp_path)
     tokenizer.save_pretrained(tmp_path)
-    text = "start 3\n\nadd 8 get 1\n\nanswer 1"
+    text = Problem((4, 2, 7, 5)).solution()
     reloaded = AutoTokenizer.from_pretrained(tmp_path)
     assert reloaded(text)["input_ids"] == tokenizer(text)["input_ids"]
     assert reloaded.decode(reloaded(text)["input_ids"]) == text

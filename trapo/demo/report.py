@@ -2,90 +2,174 @@
 
 from __future__ import annotations
 
+import math
 import statistics
 from pathlib import Path
 
+STAGE_LABELS = {2: "stage 2: 25% prefix", 3: "stage 3: 50% prefix", 4: "stage 4: full trace"}
+
 
 def summarize(records: list[dict]) -> dict:
-    """Mean and std over seeds of every final metric, per method."""
+    """Mean and std over seeds of every final metric, per method (a swept method is its own row)."""
     summary: dict[str, dict] = {}
     for method in dict.fromkeys(r["method"] for r in records):
         runs = [r for r in records if r["method"] == method]
         metrics = {k: [r["final"][k] for r in runs] for k in runs[0]["final"]}
         metrics.update({k: [r[k] for r in runs] for k in ("wall_seconds", "generated_tokens", "guided_share")})
-        summary[method] = {
-            k: {"mean": statistics.fmean(v), "std": statistics.stdev(v) if len(v) > 1 else 0.0}
-            for k, v in metrics.items()
-        }
+        summary[method] = {k: _mean_std(v) | {"n": len(v)} for k, v in metrics.items()}
     return summary
 
 
+def _mean_std(values: list[float]) -> dict:
+    return {"mean": statistics.fmean(values), "std": statistics.stdev(values) if len(values) > 1 else 0.0}
+
+
+def paired_difference(records: list[dict], method: str, other: str, key: str = "hard") -> dict | None:
+    """Mean and std over seeds of ``method − other`` on ``key`` (paired by seed: same base, data and seed)."""
+    a = {r["seed"]: r["final"][key] for r in records if r["method"] == method}
+    b = {r["seed"]: r["final"][key] for r in records if r["method"] == other}
+    seeds = sorted(set(a) & set(b))
+    if not seeds:
+        return None
+    return _mean_std([a[s] - b[s] for s in seeds]) | {"n": len(seeds)}
+
+
 def format_table(results: dict) -> str:
+    """Held-out greedy accuracy per tier at the last step (mean ± std over seeds), the hard tiers' mean first."""
     summary, base = results["summary"], results["base"]
     tiers = [k for k in base if k.startswith("tier_")]
-    head = ["method", *[f"{t.replace('tier_', '')} ops" for t in tiers], "overall", "wall s", "tokens gen.", "guided"]
+    hard_tiers = results.get("hard_tiers", [])
+    head = ["method", "hard tiers", *[_tier_label(t, hard_tiers) for t in tiers], "wall s", "guided"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    lines.append("| base | " + " | ".join(f"{base[k]:.2f}" for k in [*tiers, "overall"]) + " | | | |")
+    lines.append("| base | " + " | ".join(f"{base[k]:.2f}" for k in ["hard", *tiers]) + " | | |")
 
     def cell(m, k, fmt="{:.2f}"):
         s = m[k]
-        return fmt.format(s["mean"]) + (f" ± {fmt.format(s['std'])}" if s["std"] else "")
+        return fmt.format(s["mean"]) + (f" ± {fmt.format(s['std'])}" if s.get("n", 1) > 1 else "")
 
     for method, m in summary.items():
-        cells = [cell(m, k) for k in [*tiers, "overall"]]
-        cells += [
-            cell(m, "wall_seconds", "{:.0f}"),
-            cell(m, "generated_tokens", "{:.0f}"),
-            f"{m['guided_share']['mean']:.0%}",
-        ]
+        cells = [cell(m, k) for k in ["hard", *tiers]]
+        cells += [cell(m, "wall_seconds", "{:.0f}"), f"{m['guided_share']['mean']:.0%}"]
         lines.append(f"| {method} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
-def plot(results: dict, out: Path) -> None:
-    """accuracy.png: held-out accuracy vs step per method; guidance.png: trapo's guidance levels over training."""
+def format_regime_table(regime: dict) -> str:
+    """The base's pass@8 per tier, alone and with a 25% / 50% expert prefix."""
+    lines = ["| tier | pass@8 alone | with 25% prefix | with 50% prefix |", "|---|---|---|---|"]
+    for tier, cells in regime.items():
+        lines.append(
+            f"| {tier} | " + " | ".join(f"{cells[k]['pass']:.2f}" for k in ("alone", "prefix_25", "prefix_50")) + " |"
+        )
+    return "\n".join(lines)
+
+
+def _tier_label(key: str, hard_tiers) -> str:
+    tier = int(key.removeprefix("tier_"))
+    return f"{tier} digits" + (" (hard)" if tier in hard_tiers else "")
+
+
+def plot(results: dict, out: Path) -> list[Path]:
+    """accuracy.png (hard-tier accuracy vs step, mean ± band), tiers.png (every tier), guidance.png (TRAPO's stages),
+    sweep.png (final hard-tier accuracy vs the swept setting, when there is a sweep). Returns the files written."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    runs = results["runs"]
+    hard = ", ".join(str(t) for t in results.get("hard_tiers", []))
+    paths = [_plot_curves(plt, results, ["hard"], out / "accuracy.png", f"hard tier ({hard} digits), held out")]
     tiers = [k for k in results["base"] if k.startswith("tier_")]
-    fig, axes = plt.subplots(1, len(tiers) + 1, figsize=(4 * (len(tiers) + 1), 3.5), sharey=True)
-    for ax, key in zip(axes, [*tiers, "overall"], strict=True):
-        for method in dict.fromkeys(r["method"] for r in runs):
-            curves = [
-                [(0, results["base"][key])] + [(s, a[key]) for s, a in r["curve"]]
-                for r in runs
-                if r["method"] == method
-            ]
-            steps = [s for s, _ in curves[0]]
-            mean = [statistics.fmean(c[i][1] for c in curves) for i in range(len(steps))]
-            ax.plot(steps, mean, marker="o", ms=3, label=method, lw=2.5 if method == "trapo" else 1.2)
-        ax.set_title(key.replace("tier_", "") + (" operands" if key != "overall" else ""))
-        ax.set_xlabel("optimizer step")
-    axes[0].set_ylabel("held-out greedy accuracy")
-    axes[-1].legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(out / "accuracy.png", dpi=110)
-    plt.close(fig)
+    paths.append(_plot_curves(plt, results, tiers, out / "tiers.png", None))
+    paths.append(_plot_guidance(plt, results, out / "guidance.png"))
+    if any(r.get("overrides") for r in results["runs"]):
+        paths.append(_plot_sweep(plt, results, out / "sweep.png"))
+    return paths
 
-    fig, ax = plt.subplots(figsize=(5.5, 3.5))
-    trapo_runs = [r for r in runs if r["method"] == "trapo" and r["level_share"]]
-    if trapo_runs:
-        shares = trapo_runs[0]["level_share"]
-        steps = [s["step"] for s in shares]
-        levels = sorted({k for s in shares for k in s if k != "step"}, key=int)
-        labels = {"0": "unguided", "1": "25% prefix", "2": "50% prefix", "3": "full trace"}
-        ax.stackplot(
-            steps,
-            *[[s.get(k, 0.0) for s in shares] for k in levels],
-            labels=[labels.get(k, f"level {k}") for k in levels],
-        )
-        ax.legend(fontsize=7, loc="upper right")
-    ax.set_xlabel("optimizer step")
-    ax.set_ylabel("share of prompts (deepest guidance)")
-    ax.set_title("TRAPO guidance over training")
+
+def _curve_band(runs: list[dict], key: str, base_value: float):
+    """Steps, mean and std over seeds of ``key`` along training (step 0 is the base)."""
+    steps = [0] + [s for s, _ in runs[0]["curve"]]
+    values = [[base_value] + [acc[key] for _, acc in r["curve"]] for r in runs]
+    mean = [statistics.fmean(v[i] for v in values) for i in range(len(steps))]
+    std = [statistics.stdev(v[i] for v in values) if len(values) > 1 else 0.0 for i in range(len(steps))]
+    return steps, mean, std
+
+
+def _plot_curves(plt, results: dict, keys: list[str], path: Path, title: str | None) -> Path:
+    runs = [r for r in results["runs"] if not r.get("overrides")]
+    methods = list(dict.fromkeys(r["method"] for r in runs))
+    fig, axes = plt.subplots(
+        1, len(keys), figsize=(4.2 * len(keys) + (1.5 if len(keys) == 1 else 0), 3.6), squeeze=False
+    )
+    for ax, key in zip(axes[0], keys, strict=True):
+        for method in methods:
+            steps, mean, std = _curve_band([r for r in runs if r["method"] == method], key, results["base"][key])
+            (line,) = ax.plot(steps, mean, marker="o", ms=2.5, label=method, lw=2.6 if method == "trapo" else 1.3)
+            low = [m - s for m, s in zip(mean, std, strict=True)]
+            high = [m + s for m, s in zip(mean, std, strict=True)]
+            ax.fill_between(steps, low, high, color=line.get_color(), alpha=0.15, lw=0)
+        ax.set_title(title or key.replace("tier_", "") + " digits")
+        ax.set_xlabel("optimizer step")
+        ax.set_ylim(-0.03, 1.03)
+    axes[0][0].set_ylabel("held-out greedy accuracy" + (" (mean ± std over seeds)" if len(keys) == 1 else ""))
+    axes[0][-1].legend(fontsize=7, loc="best")
     fig.tight_layout()
-    fig.savefig(out / "guidance.png", dpi=110)
+    fig.savefig(path, dpi=110)
     plt.close(fig)
+    return path
+
+
+def _plot_guidance(plt, results: dict, path: Path) -> Path:
+    """Per stage of TRAPO's schedule: the share of prompts it guided, and how often its guided samples succeeded."""
+    runs = [r for r in results["runs"] if r["method"] == "trapo" and r.get("guidance")]
+    fig, (share_ax, success_ax) = plt.subplots(1, 2, figsize=(9.5, 3.6))
+    for stage, label in STAGE_LABELS.items():
+        for ax, key in ((share_ax, f"guided_frac/stage{stage}"), (success_ax, f"guided_reward/stage{stage}")):
+            series = _guidance_series(runs, key)
+            if series:
+                ax.plot(*series, label=label, marker="o", ms=2)
+    share_ax.set_title("share of prompts guided, per stage")
+    success_ax.set_title("reward of guided samples, per stage")
+    for ax in (share_ax, success_ax):
+        ax.set_xlabel("optimizer step")
+        ax.set_ylim(-0.03, 1.03)
+        ax.legend(fontsize=7)
+    fig.suptitle("TRAPO's guidance over training (mean over seeds; all tiers)", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def _guidance_series(runs: list[dict], key: str):
+    by_step: dict[int, list[float]] = {}
+    for r in runs:
+        for point in r["guidance"]:
+            value = point.get(key)
+            if value is not None and not math.isnan(value):
+                by_step.setdefault(point["step"], []).append(value)
+    if not by_step:
+        return None
+    steps = sorted(by_step)
+    return steps, [statistics.fmean(by_step[s]) for s in steps]
+
+
+def _plot_sweep(plt, results: dict, path: Path) -> Path:
+    """Final hard-tier accuracy of TRAPO against each swept value (mean ± std over seeds)."""
+    swept = [r for r in results["runs"] if r.get("overrides")]
+    fig, ax = plt.subplots(figsize=(5, 3.6))
+    for key in dict.fromkeys(k for r in swept for k in r["overrides"]):
+        values = sorted({r["overrides"][key] for r in swept if key in r["overrides"]})
+        stats = [_mean_std([r["final"]["hard"] for r in swept if r["overrides"].get(key) == v]) for v in values]
+        ax.errorbar(values, [s["mean"] for s in stats], yerr=[s["std"] for s in stats], marker="o", capsize=3,
+                    label=f"trapo, {key}")  # fmt: skip
+        ax.set_xscale("log")
+        ax.set_xlabel(key)
+    ax.set_ylabel("final hard-tier accuracy")
+    ax.set_ylim(-0.03, 1.03)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

@@ -1,46 +1,49 @@
 """Running `trapo demo`: every method from one tiny local base, at equal budget, evaluated along the way.
 
-Pipeline: the cached base (`trapo.tasks.base`) → for each seed and method, `trapo.recipes.train_method` for the same
-number of optimizer steps with the same prompts per step → greedy accuracy on held-out problems of every tier every
-``eval_every`` steps → `trapo.demo.report` writes the table, ``results.json`` and the plots.
+Pipeline: the cached base (`trapo.tasks.base`) and its regime (pass@8 alone / with a prefix, per tier) → for each
+seed and method, `trapo.recipes.train_method` for the same number of optimizer steps with the same prompts per step,
+greedy accuracy on held-out problems of every tier every ``eval_every`` steps → `trapo.demo.report` writes the
+table, ``results.json`` and the plots. Runs go to ``settings.workers`` processes (one thread each), because a
+sub-million-parameter model gains nothing from a second thread but a second core trains a second method.
 """
 
 from __future__ import annotations
 
 import json
+import multiprocessing as mp
+import threading
 import time
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict
 from pathlib import Path
 
 import torch
-from datasets import Dataset
 from tqdm.auto import tqdm
-from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
+from transformers import TrainerCallback
 
 from trapo.demo.report import format_table, plot, summarize
-from trapo.demo.settings import DEMO_METHODS, DemoSettings
-from trapo.local_runs import local_trainer_args, quiet_trainer
-from trapo.tasks.base import base_model_path
-from trapo.tasks.chains import TIERS, TRAIN_TIERS, chain_reward, make_problems, to_rows
+from trapo.demo.settings import DemoSettings
+from trapo.tasks.base import base_model_path, base_record
+from trapo.tasks.chains import HARD_TIERS, TIERS, TRAIN_TIERS, chain_reward, make_problems, to_rows
 
 # ---------------------------------------------------------------- evaluation
 
 
+@torch.no_grad()
 def evaluate(model, tokenizer, eval_rows: list[dict], max_new_tokens: int) -> dict[str, float]:
-    """Greedy accuracy per tier (``tier_2`` …) and ``overall`` (the mean over tiers) on held-out problems."""
+    """Greedy accuracy per tier (``tier_2`` …), ``hard`` (mean over the hard tiers) and ``overall`` (over all)."""
     was_training = model.training
     model.eval()
     tokenizer.padding_side = "left"
     prompts = [r["prompt"] for r in eval_rows]
-    enc = tokenizer(prompts, return_tensors="pt", padding=True)
-    with torch.no_grad():
-        out = model.generate(
-            **enc,
-            max_new_tokens=max_new_tokens,
-            do_sample=False,
-            pad_token_id=tokenizer.pad_token_id,
-            eos_token_id=tokenizer.eos_token_id,
-        )
+    enc = tokenizer(prompts, return_tensors="pt", padding=True).to(model.device)
+    out = model.generate(
+        **enc,
+        max_new_tokens=max_new_tokens,
+        do_sample=False,
+        pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+    )
     texts = tokenizer.batch_decode(out[:, enc["input_ids"].shape[1] :], skip_special_tokens=True)
     correct = chain_reward(texts, prompts)
     model.train(was_training)
@@ -48,7 +51,9 @@ def evaluate(model, tokenizer, eval_rows: list[dict], max_new_tokens: int) -> di
     for row, c in zip(eval_rows, correct, strict=True):
         by_tier.setdefault(row["tier"], []).append(c)
     result = {f"tier_{t}": sum(v) / len(v) for t, v in sorted(by_tier.items())}
-    result["overall"] = sum(result.values()) / len(result)
+    hard = [result[f"tier_{t}"] for t in HARD_TIERS if f"tier_{t}" in result]
+    result["hard"] = sum(hard) / len(hard) if hard else float("nan")
+    result["overall"] = sum(result[f"tier_{t}"] for t in by_tier) / len(by_tier)
     return result
 
 
@@ -65,7 +70,7 @@ class EvalCallback(TrainerCallback):
     def on_step_end(self, args, state, control, model=None, **kwargs):
         self.step += 1
         if self.progress is not None:
-            self.progress.update(1)
+            self.progress(1)
         if self.step % self.every == 0 or self.step == self.total_steps:
             start = time.perf_counter()
             self.curve.append((self.step, evaluate(model, self.tokenizer, self.eval_rows, self.max_new_tokens)))
@@ -75,25 +80,28 @@ class EvalCallback(TrainerCallback):
 # ---------------------------------------------------------------- one method
 
 
-def method_args(method: str, seed: int, settings: DemoSettings, out_dir: Path) -> dict:
+def method_args(method: str, seed: int, settings: DemoSettings, out_dir: Path, overrides: dict | None = None) -> dict:
     """The `train_method` configs of ``method`` at the demo's budget: ``settings.steps`` optimizer steps in all,
-    ``prompts_per_step`` prompts per step (SFT: both expert traces of each prompt), one learning rate."""
+    ``prompts_per_step`` prompts per step, one learning rate. ``sft-then-grpo`` splits the steps half and half."""
     from trapo.config import TRAPOConfig
+    from trapo.local_runs import local_trainer_args
     from trapo.recipes import phases, rl_method
     from trapo.sft import TRAPOSFTConfig
 
     steps = phases(method)
     sft_steps = settings.steps if steps == ("sft",) else settings.steps // 2 if "sft" in steps else 0
+    local = local_trainer_args(seed, cuda=settings.device == "cuda")
     configs = {}
     if "sft" in steps:
         configs["sft_args"] = TRAPOSFTConfig(
             output_dir=str(out_dir / "sft"),
             max_steps=sft_steps,
-            per_device_train_batch_size=settings.prompts_per_step * 2,
+            per_device_train_batch_size=settings.prompts_per_step,
+            max_expert_traces=1,  # the task's two traces are the same derivation
             learning_rate=settings.learning_rate,
             lr_scheduler_type="constant",
             logging_strategy="no",
-            **local_trainer_args(seed),
+            **local,
         )
     if "rl" in steps:
         configs["rl_args"] = TRAPOConfig(
@@ -108,27 +116,36 @@ def method_args(method: str, seed: int, settings: DemoSettings, out_dir: Path) -
             entropy_coef=settings.entropy_coef,
             alpha=settings.alpha,
             logging_steps=1,
-            **local_trainer_args(seed),
+            **local,
+            **(overrides or {}),
         )
     return configs
 
 
-def run_method(method: str, seed: int, settings: DemoSettings, base: Path, train_rows, eval_rows, progress) -> dict:
+def run_method(
+    method: str, seed: int, settings: DemoSettings, base: Path, train_rows, eval_rows, progress=None, overrides=None
+) -> dict:
     """Train ``method`` from the base for ``settings.steps`` optimizer steps; return its record."""
+    from datasets import Dataset
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from trapo.local_runs import quiet_trainer
     from trapo.recipes import train_method
 
     torch.manual_seed(seed)
     tokenizer = AutoTokenizer.from_pretrained(base)
-    model = AutoModelForCausalLM.from_pretrained(base)
-    out_dir = Path(settings.output_dir) / "runs" / f"{method}-seed{seed}"
-    record = {"method": method, "seed": seed, "generated_tokens": 0, "samples": 0, "guided_samples": 0}
+    model = AutoModelForCausalLM.from_pretrained(base).to(settings.device)
+    label = method + "".join(f" {k}={v:g}" for k, v in (overrides or {}).items())
+    out_dir = Path(settings.output_dir) / "runs" / f"{label.replace(' ', '-')}-seed{seed}"
+    record = {"method": label, "seed": seed, "overrides": overrides or {}, "generated_tokens": 0, "samples": 0}
+    record["guided_samples"] = 0
     log_history: list[dict] = []
-    evaluator = EvalCallback(tokenizer, eval_rows, settings.eval_every, settings.max_completion_length,
-                             settings.steps, progress)  # fmt: skip
+    evaluator = EvalCallback(
+        tokenizer, eval_rows, settings.eval_every, settings.max_completion_length, settings.steps, progress
+    )
     offset = {"steps": 0}
 
     def on_phase_end(phase: str, trainer) -> None:
-        quiet_trainer(trainer)
         if phase == "rl":
             for key in ("generated_tokens", "samples", "guided_samples"):
                 record[key] += trainer.rollout_stats[key]
@@ -143,19 +160,43 @@ def run_method(method: str, seed: int, settings: DemoSettings, base: Path, train
         Dataset.from_list(train_rows),
         chain_reward,
         callbacks=[evaluator],
+        on_phase_start=lambda phase, trainer: quiet_trainer(trainer),  # no per-step log dicts on the terminal
         on_phase_end=on_phase_end,
-        **method_args(method, seed, settings, out_dir),
+        **method_args(method, seed, settings, out_dir, overrides),
     )
     record["wall_seconds"] = time.perf_counter() - start - evaluator.eval_seconds
     record["curve"] = evaluator.curve
     record["final"] = record["curve"][-1][1]
     record["guided_share"] = record["guided_samples"] / record["samples"] if record["samples"] else 0.0
-    record["level_share"] = [
-        {"step": h["step"], **{k.rsplit("/", 1)[1]: v for k, v in h.items() if k.startswith("trapo/level_frac/")}}
+    record["guidance"] = [
+        {"step": h["step"], **{k.removeprefix("trapo/"): v for k, v in h.items() if k.startswith("trapo/guided_")}}
         for h in log_history
-        if any(k.startswith("trapo/level_frac/") for k in h)
+        if any(k.startswith("trapo/guided_") for k in h)
     ]
     return record
+
+
+# ---------------------------------------------------------------- workers
+
+
+def _worker_init(queue) -> None:
+    global _PROGRESS
+    torch.set_num_threads(1)
+    from trapo.local_runs import quiet_libraries
+
+    quiet_libraries()
+    _PROGRESS = queue
+
+
+_PROGRESS = None
+
+
+def _run_in_worker(task: dict) -> dict:
+    def progress(n: int) -> None:
+        if _PROGRESS is not None:
+            _PROGRESS.put(n)
+
+    return run_method(**task, progress=progress)
 
 
 # ---------------------------------------------------------------- the whole demo
@@ -163,39 +204,89 @@ def run_method(method: str, seed: int, settings: DemoSettings, base: Path, train
 
 def run(settings: DemoSettings, log=print) -> dict:
     """Run every method for every seed; write results.json, the table and the plots; return the results."""
-    unknown = [m for m in settings.methods if m not in DEMO_METHODS]
-    if unknown:
-        raise ValueError(f"unknown demo method(s) {unknown}; choose from {', '.join(DEMO_METHODS)}")
-    # One thread: a sub-million-parameter model gains nothing from more, and oversubscribed cores slow it 10-100x.
-    torch.set_num_threads(1)
+    # One thread per process: a sub-million-parameter model gains nothing from more, and oversubscribed cores slow
+    # it 10-100x. The base builds with every core it can use (one job, no other process yet).
     out = Path(settings.output_dir)
     out.mkdir(parents=True, exist_ok=True)
+    if settings.device == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device cuda: CUDA is not available here; run on CPU (the default)")
     base = base_model_path(settings.base, settings.cache_dir, log)
+    torch.set_num_threads(1)
     train_rows = to_rows(make_problems(settings.train_problems, TRAIN_TIERS, "train", seed=0))
     eval_rows = to_rows(make_problems(settings.eval_per_tier * len(TIERS), TIERS, "eval", seed=0))
-    base_acc = evaluate(
-        AutoModelForCausalLM.from_pretrained(base),
-        AutoTokenizer.from_pretrained(base),
-        eval_rows,
-        settings.max_completion_length,
-    )
-    log("base model held-out accuracy: " + ", ".join(f"{k} {v:.2f}" for k, v in base_acc.items()))
+    base_eval, regime = measure_base(base, settings, eval_rows, log)
 
-    records = []
-    total = settings.seeds * sum(settings.steps for _ in settings.methods)
-    with tqdm(total=total, desc="training", unit="step") as progress:
-        for seed in range(settings.seeds):
-            for method in settings.methods:
-                progress.set_postfix_str(f"{method} seed {seed}")
-                records.append(run_method(method, seed, settings, base, train_rows, eval_rows, progress))
-    results = {"settings": asdict(settings), "base": base_acc, "runs": records, "summary": summarize(records)}
+    runs = settings.runs()
+    workers = 1 if settings.device == "cuda" else min(settings.workers, len(runs))
+    common = {"settings": settings, "base": base, "train_rows": train_rows, "eval_rows": eval_rows}
+    tasks = [{"method": m, "seed": seed, "overrides": ov, **common} for m, seed, ov in runs]
+    total = settings.steps * len(runs)
+    log(f"training {len(runs)} runs × {settings.steps} steps on {workers} process(es)")
+    with tqdm(total=total, desc="training", unit="step") as bar:
+        if workers == 1:
+            records = [run_method(**t, progress=bar.update) for t in tasks]
+        else:
+            records = _run_parallel(tasks, workers, bar)
+    results = {
+        "settings": asdict(settings),
+        "hard_tiers": list(HARD_TIERS),
+        "base": base_eval,
+        "base_regime": regime,
+        "base_build": {k: v for k, v in base_record(base).items() if k != "checks"},
+        "runs": records,
+        "summary": summarize(records),
+    }
     (out / "results.json").write_text(json.dumps(results, indent=2, default=str))
     table = format_table(results)
     (out / "results.md").write_text(table + "\n")
-    plot(results, out)
+    paths = plot(results, out)
     log("\n" + table)
-    log(
-        f"\nresults: {out / 'results.json'}, table: {out / 'results.md'}, plots: {out / 'accuracy.png'}, "
-        f"{out / 'guidance.png'}"
-    )
+    log(f"\nresults: {out / 'results.json'}, table: {out / 'results.md'}, plots: {', '.join(map(str, paths))}")
     return results
+
+
+def measure_base(base: Path, settings: DemoSettings, eval_rows: list[dict], log) -> tuple[dict, dict]:
+    """The base's greedy held-out accuracy per tier, and its pass@8 alone / with a 25% and a 50% prefix."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from trapo.tasks.chains import parse_prompt
+    from trapo.tasks.regime import format_regime, regime_report
+
+    tokenizer = AutoTokenizer.from_pretrained(base)
+    model = AutoModelForCausalLM.from_pretrained(base).to(settings.device)
+    accuracy = evaluate(model, tokenizer, eval_rows, settings.max_completion_length)
+    by_tier: dict[int, list] = {}
+    for row in eval_rows:
+        problems = by_tier.setdefault(row["tier"], [])
+        if len(problems) < settings.regime_problems:
+            problems.append(parse_prompt(row["prompt"]))
+    regime = regime_report(model, tokenizer, by_tier)
+    log("base model, held-out greedy accuracy: " + ", ".join(f"{k} {v:.2f}" for k, v in accuracy.items()))
+    log(f"base model, held-out pass@8 ({settings.regime_problems} problems per tier):\n" + format_regime(regime))
+    return accuracy, regime
+
+
+def _run_parallel(tasks: list, workers: int, bar) -> list[dict]:
+    """Each run in a worker process (spawned: no state shared with this one), progress forwarded step by step."""
+    ctx = mp.get_context("spawn")
+    manager = ctx.Manager()
+    queue = manager.Queue()
+    stop = threading.Event()
+
+    def forward() -> None:
+        while not stop.is_set():
+            try:
+                bar.update(queue.get(timeout=0.2))
+            except Exception:  # queue.Empty, or the manager going away at the end
+                continue
+
+    thread = threading.Thread(target=forward, daemon=True)
+    thread.start()
+    try:
+        with ProcessPoolExecutor(workers, mp_context=ctx, initializer=_worker_init, initargs=(queue,)) as pool:
+            records = list(pool.map(_run_in_worker, tasks))
+    finally:
+        stop.set()
+        thread.join()
+        manager.shutdown()
+    return records

@@ -2,39 +2,66 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 
 from trapo.tasks.base import BaseSpec, default_cache_dir
 
-DEMO_METHODS = ("trapo", "grpo", "sft", "sft-then-grpo", "luffy", "fixed-prefix", "naive-sft")
+DEMO_METHODS = ("trapo", "grpo", "sft", "sft-then-grpo", "luffy", "fixed-prefix", "naive-sft", "context-only")
+SWEEPABLE = ("alpha",)  # TRAPO settings `--sweep` can vary
 
 
 @dataclass
 class DemoSettings:
-    """Everything that defines a demo run; the base-model part keys the on-disk cache."""
+    """Everything that defines a demo run (docs/demo.md); ``base`` keys the on-disk cache of the base model."""
 
     methods: tuple[str, ...] = DEMO_METHODS
     seeds: int = 1
     steps: int = 40
     prompts_per_step: int = 8
     num_generations: int = 8
-    learning_rate: float = 3e-4  # 1e-3 collapsed GRPO within 20 steps here (docs/demo.md)
+    learning_rate: float = 3e-4  # one learning rate for every method (docs/demo.md: the grid it was chosen from)
     # No entropy bonus: most groups here have zero advantage (all right or all wrong), and Adam scales the tiny
     # entropy gradient of such a batch up to a full learning-rate step, which alone collapsed GRPO (docs/demo.md).
     entropy_coef: float = 0.0
     alpha: float = 0.1  # TrSFT's trust-region bound (the paper's); trapo and fixed-prefix use it
-    max_completion_length: int = 64
-    train_problems: int = 600
-    eval_per_tier: int = 60
-    eval_every: int = 10
+    max_completion_length: int = 64  # the longest derivation (7 digits) is 57 tokens with its EOS
+    train_problems: int = 2000
+    eval_per_tier: int = 40
+    eval_every: int = 5
+    regime_problems: int = 16  # held-out problems per tier for the base's pass@8 alone / with a prefix
+    workers: int = field(default_factory=lambda: min(2, os.cpu_count() or 1))  # methods trained side by side
+    device: str = "cpu"
+    sweep: dict[str, tuple[float, ...]] | None = None  # e.g. {"alpha": (0.01, 0.1, 0.3)}: TRAPO at each value
     base: BaseSpec = field(default_factory=BaseSpec)  # the tiny model and its warm start
     output_dir: str = "trapo-demo"
     cache_dir: str = field(default_factory=default_cache_dir)
 
+    def __post_init__(self):
+        unknown = [m for m in self.methods if m not in DEMO_METHODS]
+        if unknown:
+            raise ValueError(f"unknown demo method(s) {unknown}; choose from {', '.join(DEMO_METHODS)}")
+        if not self.methods:
+            raise ValueError("give at least one method")
+        if self.seeds < 1 or self.steps < 1 or self.workers < 1:
+            raise ValueError("seeds, steps and workers must be >= 1")
+        if self.device not in ("cpu", "cuda"):
+            raise ValueError(f"device must be 'cpu' or 'cuda', got {self.device!r}")
+        for key in self.sweep or {}:
+            if key not in SWEEPABLE:
+                raise ValueError(f"cannot sweep {key!r}; sweepable: {', '.join(SWEEPABLE)}")
+
     @classmethod
     def quick(cls, **overrides) -> DemoSettings:
-        """A smoke run (about 2 minutes): few steps, a short warm start, a small eval."""
-        values = dict(steps=4, prompts_per_step=4, eval_per_tier=12, eval_every=2, train_problems=64)
-        values["base"] = BaseSpec(warm_steps=200)
+        """A smoke run (under 2 minutes once the base is cached): few steps, a small eval."""
+        values = dict(steps=4, prompts_per_step=4, eval_per_tier=8, eval_every=2, regime_problems=4, train_problems=64)
+        values["base"] = BaseSpec.smoke()
         values.update(overrides)
         return cls(**values)
+
+    def runs(self) -> list[tuple[str, int, dict]]:
+        """Every (method, seed, overrides) the demo trains: each method per seed, then each sweep value per seed."""
+        runs = [(m, seed, {}) for seed in range(self.seeds) for m in self.methods]
+        for key, values in (self.sweep or {}).items():
+            runs += [("trapo", seed, {key: v}) for seed in range(self.seeds) for v in values]
+        return runs

@@ -1,14 +1,24 @@
-"""The built-in reasoning task: summing a chain of digits modulo 10, step by step.
+"""The built-in reasoning task: reduce a chain of digits modulo 10, one step per line (docs/demo.md).
 
-A problem is ``mod 10: a+b+c+…=`` with tier = number of operands (2 to 5), all digits. A solution adds one
-operand per paragraph (``8+8=6``: every sum is taken mod 10) and ends with ``answer N``; paragraphs are separated
-by "\\n\\n", so prefixes get cut at step boundaries.
+A problem is a chain of 2 to `WIDTH` digits, written right-aligned in a fixed-width field padded with ``.``; its
+tier is the number of digits. A solution replaces the first two digits by their sum mod 10, one step per
+paragraph, until one digit is left, then ``answer N``::
 
-Why this task (see docs/demo.md): the base model is warm-started on two-operand sums only, so it knows every
-single step it will ever need (the 100 facts ``x+d mod 10``) but has never chained them. On three or more operands it
-writes one step and answers: the hard tiers are out of reach of its own sampling (pass@8 ≈ 0), so GRPO sees no
-reward there, while an expert prefix of one or two steps shows exactly the missing skill: keep going. This is
-the paper's situation (expert traces carry a skill the policy cannot discover) in a form a CPU learns in minutes.
+    ...4275=        (the prompt)
+    ....675         4 + 2 = 6
+    .....35         6 + 7 = 13 → 3
+    ......8         3 + 5 = 8
+    answer 8
+
+Why this shape: every line has the same width, so each step reads the previous line at a fixed offset and writes
+one sum and a copy; nothing a step needs is far away. A small model can learn the single step, and long chains fail
+only because they are longer than anything it has seen: the base model (`trapo.tasks.base`) is warm-started on
+2-4 digit chains, solves those, sometimes carries the step through 5 digits, and fails 6-digit chains on its own, but
+finishes them once an expert prefix has shortened the chain. That is the situation TRAPO is built for.
+
+The reward (`chain_reward`) checks the whole derivation line by line, not only the final digit: a guessed digit is
+right one time in ten, so a pass@8 of guesses would be 57%. Train and held-out problems come from disjoint parts of
+problem space (a stable hash of the digits).
 """
 
 from __future__ import annotations
@@ -17,124 +27,162 @@ import random
 import re
 from dataclasses import dataclass
 
-TIERS = (2, 3, 4, 5)
-TRAIN_TIERS = (2, 3, 4)  # tier 5 is held out entirely: does the skill extrapolate to longer chains?
-_PROMPT = re.compile(r"mod 10: (\d(?:\+\d)+)=")
+WIDTH = 7  # digits in the longest chain; every line of a solution is this wide
+TIERS = (2, 3, 4, 5, 6, 7)  # chain lengths evaluated
+WARM_TIERS = (2, 3, 4)  # what the base model is warm-started on, whole derivations
+CONTINUED_TIERS = (5, 6)  # the base is also warm-started on the endings of these (the rest is given)
+TRAIN_TIERS = (2, 3, 4, 5, 6)  # what the demo's methods train on
+HARD_TIERS = (6,)  # trained on, never solved by the base alone, solved once half the derivation is given
+# Tier 7 is never trained on by anyone: does what was learned extrapolate to longer chains?
+PAD = "."
+_PROMPT = re.compile(rf"\.*(\d{{2,{WIDTH}}})=")
 
 
 @dataclass(frozen=True)
 class Problem:
-    operands: tuple[int, ...]
+    digits: tuple[int, ...]
+
+    def __post_init__(self):
+        if not 2 <= len(self.digits) <= WIDTH or not all(isinstance(d, int) and 0 <= d <= 9 for d in self.digits):
+            raise ValueError(f"a chain has 2 to {WIDTH} digits 0-9, got {self.digits!r}")
 
     @property
     def tier(self) -> int:
-        return len(self.operands)
+        return len(self.digits)
 
     @property
     def prompt(self) -> str:
-        return "mod 10: " + "+".join(map(str, self.operands)) + "="
+        return _line(self.digits) + "="
 
     @property
     def answer(self) -> int:
-        return sum(self.operands) % 10
+        return sum(self.digits) % 10
 
-    def solutions(self) -> list[str]:
-        """Two distinct correct step-by-step solutions: equations, and the same sums told in words."""
-        total = self.operands[0]
-        equations, words = [], [f"start {total}"]
-        for x in self.operands[1:]:
-            step = (total + x) % 10
-            equations.append(f"{total}+{x}={step}")
-            words.append(f"add {x} get {step}")
-            total = step
-        closing = f"answer {total}"
-        return ["\n\n".join([*equations, closing]), "\n\n".join([*words, closing])]
+    def steps(self) -> list[str]:
+        """The derivation's lines: each replaces the first two digits by their sum mod 10."""
+        rest, lines = list(self.digits), []
+        while len(rest) > 1:
+            rest = [(rest[0] + rest[1]) % 10, *rest[2:]]
+            lines.append(_line(rest))
+        return lines
+
+    def solution(self) -> str:
+        return "\n\n".join([*self.steps(), f"answer {self.answer}"])
 
 
-def sample_problem(rng: random.Random, tier: int) -> Problem:
-    return Problem((rng.randint(0, 9), *(rng.randint(1, 9) for _ in range(tier - 1))))
+def _line(digits) -> str:
+    return PAD * (WIDTH - len(digits)) + "".join(map(str, digits))
+
+
+def parse_prompt(prompt: str) -> Problem | None:
+    """The problem of a prompt like ``...4275=``; None when the text is not one."""
+    match = _PROMPT.fullmatch(prompt.strip()) if isinstance(prompt, str) else None
+    if match is None or len(prompt.strip()) != WIDTH + 1:
+        return None
+    return Problem(tuple(int(c) for c in match.group(1)))
+
+
+def verify(text: str, problem: Problem) -> bool:
+    """True iff ``text`` is the complete, correct derivation of ``problem``: every line, then ``answer N``.
+
+    Surrounding whitespace is ignored; anything else (a wrong sum, a misaligned line, a missing or extra step, text
+    after the answer) makes it wrong. Malformed input is simply wrong, never an error.
+    """
+    return isinstance(text, str) and text.strip() == problem.solution()
+
+
+def chain_reward(completions: list, prompts: list, **kwargs) -> list[float]:
+    """TRL reward function: 1.0 for a complete, correct derivation of the prompt's chain, else 0.0 (also for input
+    that is not text or chat messages)."""
+    out = []
+    for text, prompt in zip(map(_text, completions), map(_text, prompts), strict=True):
+        problem = parse_prompt(prompt)
+        out.append(1.0 if problem is not None and verify(text, problem) else 0.0)
+    return out
+
+
+def _text(item) -> str:
+    """A string as it is, the last message's content of a chat, else ""."""
+    if isinstance(item, str):
+        return item
+    if isinstance(item, list | tuple) and item and isinstance(item[-1], dict):
+        content = item[-1].get("content")
+        return content if isinstance(content, str) else ""
+    return ""
 
 
 def is_held_out(problem: Problem) -> bool:
     """Deterministic 20% split of problem space (not of draws), so train and eval never share a problem."""
-    return (hash_operands(problem.operands) % 5) == 0
+    return hash_digits(problem.digits) % 5 == 0
 
 
-def hash_operands(operands: tuple[int, ...]) -> int:
+def hash_digits(digits: tuple[int, ...]) -> int:
     """A stable hash (Python's ``hash`` is salted per process)."""
     h = 0
-    for x in operands:
+    for x in digits:
         h = (h * 1_000_003 + x + 17) % 2_147_483_647
     return h
 
 
-def make_problems(n: int, tiers: tuple[int, ...], split: str, seed: int) -> list[Problem]:
-    """Up to ``n`` distinct problems spread evenly over ``tiers`` from the ``train`` or ``eval`` split, seeded.
+def make_problems(n: int, tiers: tuple[int, ...], split: str, seed: int = 0) -> list[Problem]:
+    """Up to ``n`` distinct problems spread evenly over ``tiers``, from the ``train`` or ``eval`` split, seeded.
 
-    Tier 2 has only 90 problems (18 held out): a small tier contributes all of its split when asked for more.
+    A tier with fewer problems in the split than asked for (2 digits: about 80 train and 20 held out; 3 digits: about
+    800 and 200) contributes all of them.
     """
     if split not in ("train", "eval"):
         raise ValueError(f"split must be 'train' or 'eval', got {split!r}")
+    unknown = [t for t in tiers if t not in TIERS]
+    if unknown:
+        raise ValueError(f"tiers {unknown} do not exist; the task has tiers {TIERS}")
     rng = random.Random(f"chains-{split}-{seed}")
     per_tier = [n // len(tiers) + (1 if i < n % len(tiers) else 0) for i in range(len(tiers))]
     problems = []
     for tier, count in zip(tiers, per_tier, strict=True):
-        if tier == 2:
-            pool = [p for p in two_operand_problems() if is_held_out(p) == (split == "eval")]
+        if 10**tier <= 4 * count:  # small tier: enumerate it rather than draw until enough distinct ones turn up
+            pool = [Problem(tuple(int(c) for c in f"{i:0{tier}d}")) for i in range(10**tier)]
+            pool = [p for p in pool if is_held_out(p) == (split == "eval")]
             rng.shuffle(pool)
             problems.extend(pool[:count])
             continue
         seen: set[tuple[int, ...]] = set()
         while len(seen) < count:
-            p = sample_problem(rng, tier)
-            if p.operands not in seen and is_held_out(p) == (split == "eval"):
-                seen.add(p.operands)
+            p = Problem(tuple(rng.randint(0, 9) for _ in range(tier)))
+            if p.digits not in seen and is_held_out(p) == (split == "eval"):
+                seen.add(p.digits)
                 problems.append(p)
     return problems
 
 
-def two_operand_problems() -> list[Problem]:
-    """Every two-operand problem: the base model's warm-start curriculum (all single steps of every chain)."""
-    return [Problem((a, b)) for a in range(10) for b in range(1, 10)]
-
-
 def to_rows(problems: list[Problem]) -> list[dict]:
-    """Training rows in trapo's format: prompt, answer, expert (two solutions), plus the tier."""
-    return [{"prompt": p.prompt, "answer": str(p.answer), "expert": p.solutions(), "tier": p.tier} for p in problems]
+    """Training rows in trapo's format: prompt, answer, expert (the derivation), plus the tier.
 
-
-def parse_prompt(prompt: str) -> tuple[int, ...] | None:
-    """Operands of a prompt ``mod 10: a+b+…=``; None when it is not one."""
-    match = _PROMPT.fullmatch(prompt.strip())
-    return tuple(int(x) for x in match.group(1).split("+")) if match else None
-
-
-def verify(text: str, operands: tuple[int, ...]) -> bool:
-    """True iff ``text`` is a complete, correct derivation: one valid step per operand, then ``answer N``.
-
-    Why the steps and not only the answer: every answer is a digit, so a guess is right one time in ten and
-    pass@8 of pure guessing would be 57%. Checking the derivation (as a proof checker would) makes the reward
-    mean "solved", so hard tiers stay unsolved until the model really chains its steps. Either solution style is
-    accepted (equations ``x+d=y`` or words ``start x`` / ``add d get y``), not a mix. Bad text is simply wrong.
+    The task has one correct derivation per problem, so the two expert traces a TRAPO row carries (the second for
+    the full-trace stage) are the same text.
     """
-    if not isinstance(text, str) or not operands:
-        return False
-    paragraphs = text.strip().split("\n\n")
-    *steps, closing = paragraphs
-    total = operands[0]
-    if steps and steps[0] == f"start {total}":  # word style
-        expected = [f"add {x} get {(total := (total + x) % 10)}" for x in operands[1:]]
-        steps = steps[1:]
-    else:
-        expected = []
-        for x in operands[1:]:
-            expected.append(f"{total}+{x}={(total + x) % 10}")
-            total = (total + x) % 10
-    return steps == expected and closing == f"answer {total}"
+    return [
+        {"prompt": p.prompt, "answer": str(p.answer), "expert": [p.solution()] * 2, "tier": p.tier} for p in problems
+    ]
 
 
-def chain_reward(completions: list, prompts: list, **kwargs) -> list[float]:
-    """TRL reward function: 1.0 for a complete, correct derivation of the prompt's chain, else 0.0."""
-    texts = [c if isinstance(c, str) else c[-1]["content"] for c in completions]
-    prompt_texts = [p if isinstance(p, str) else p[-1]["content"] for p in prompts]
-    return [1.0 if verify(t, parse_prompt(p) or ()) else 0.0 for t, p in zip(texts, prompt_texts, strict=True)]
+def warm_start_rows(rows_per_tier: int, seed: int = 0, lines_left: int = 1) -> list[dict]:
+    """The base model's SFT data (prompt-completion rows): whole derivations of `WARM_TIERS` chains, and the last
+    ``lines_left`` lines (and the answer) of `CONTINUED_TIERS` derivations, the lines before them given in the prompt.
+
+    Why the endings: the base should be able to *finish* a long chain that an expert has mostly written (what it
+    writes from there it was trained on, at the positions where it will write it) but never have written the first
+    steps of one. Each tier gets the same number of rows (small tiers repeat their problems), the continued tiers
+    half as many. Only training-split problems are used.
+    """
+    rows = []
+    for tier in (*WARM_TIERS, *(CONTINUED_TIERS if lines_left > 0 else ())):
+        count = rows_per_tier if tier in WARM_TIERS else rows_per_tier // 2
+        problems = make_problems(count, (tier,), "train", seed=seed)
+        for i in range(count):
+            problem = problems[i % len(problems)]
+            lines = [*problem.steps(), f"answer {problem.answer}"]
+            given = max(problem.tier - 1 - lines_left, 0) if tier in CONTINUED_TIERS else 0
+            prompt = problem.prompt + "".join(line + "\n\n" for line in lines[:given])
+            rows.append({"prompt": prompt, "completion": "\n\n".join(lines[given:]), "tier": tier})
+    random.Random(f"warm-{seed}").shuffle(rows)
+    return rows

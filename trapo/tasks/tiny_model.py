@@ -22,10 +22,13 @@ PARAGRAPH = "\n\n"
 CHARS = string.digits + string.ascii_letters + " +-*/=()[]{}<>.,:;?!'\"_^\\|%$#&@~\n"
 
 
-def build_tokenizer(extra_chars: str = "") -> PreTrainedTokenizerFast:
-    """Character tokenizer: one id per character of `CHARS` (+ ``extra_chars``), plus "\\n\\n" and specials."""
+def build_tokenizer(extra_chars: str = "", vocab_size: int | None = None) -> PreTrainedTokenizerFast:
+    """Character tokenizer: one id per character of `CHARS` (+ ``extra_chars``), plus "\\n\\n" and specials;
+    ``vocab_size`` pads it with unused tokens ``<unused_N>`` (to shape a random model like a real one)."""
     chars = list(dict.fromkeys(CHARS + extra_chars))
-    vocab = {tok: i for i, tok in enumerate([*SPECIAL_TOKENS, PARAGRAPH, *chars])}
+    tokens = [*SPECIAL_TOKENS, PARAGRAPH, *chars]
+    tokens += [f"<unused_{i}>" for i in range(max(0, (vocab_size or 0) - len(tokens)))]
+    vocab = {tok: i for i, tok in enumerate(tokens)}
     tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
     tok.pre_tokenizer = pre_tokenizers.Split(Regex(r"\n\n|[\s\S]"), behavior="isolated")
     tok.decoder = decoders.Fuse()
