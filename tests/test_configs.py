@@ -209,3 +209,68 @@ def test_trapo_train_resume_continues_from_the_last_complete_checkpoint(tmp_path
     assert [h["step"] for h in state["log_history"] if "loss" in h] == [1, 2, 3]
     assert "skipping incomplete checkpoint" in caplog.text
     assert f"resuming from {tmp_path / 'out' / 'checkpoint-1'}" in caplog.text
+
+
+# ------------------------------------------------------------------------------------------- fidelity (docs/method.md)
+
+
+@pytest.mark.parametrize("method", sorted(RL_PRESETS))
+def test_no_vllm_importance_sampling_correction_unless_asked(tmp_path, method):
+    """TRL turns it on by default; neither the paper nor the released code has one."""
+    assert not TRAPOConfig(
+        output_dir=str(tmp_path), use_cpu=True, report_to=[], method=method
+    ).vllm_importance_sampling_correction
+    on = TRAPOConfig(output_dir=str(tmp_path), use_cpu=True, report_to=[], method=method,
+                     vllm_importance_sampling_correction=True)  # fmt: skip
+    assert on.vllm_importance_sampling_correction
+
+
+@pytest.mark.parametrize("path", sorted(CONFIGS.glob("*.yaml")), ids=lambda p: p.stem)
+def test_no_config_turns_on_the_importance_sampling_correction(path, tmp_path):
+    plan = plan_for(path, tmp_path)
+    if plan.rl_args is not None:
+        assert plan.rl_args.vllm_importance_sampling_correction is False
+
+
+def test_the_recipe_prompt_is_the_released_template_byte_for_byte(tmp_path):
+    from trapo.data.text import restyle_prompt
+    from trapo.tasks.tiny_model import build_tokenizer
+
+    plan = plan_for(RECIPE, tmp_path)
+    assert plan.script.prompt_style == "trapo"
+    tokenizer = build_tokenizer()
+    tokenizer.chat_template = Path(plan.script.chat_template_file).read_text()
+    problem = "Find $x$ if $2x + 3 = 7$."
+    dataset_prompt = [{"role": "system", "content": "Your task is to follow a systematic..."},
+                      {"role": "user", "content": problem}]  # fmt: skip
+    rendered = tokenizer.apply_chat_template(
+        restyle_prompt(dataset_prompt, plan.script.prompt_style), tokenize=False, add_generation_prompt=True
+    )
+    released = (
+        "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user\n"
+        + problem
+        + "\nPlease reason step by step, and put your final answer within \\boxed{}.<|im_end|>\n<|im_start|>assistant\n"
+    )
+    assert rendered == released
+
+
+def test_the_recipe_scales_the_loss_as_the_released_actor(tmp_path):
+    args = plan_for(RECIPE, tmp_path).rl_args
+    assert args.loss_normalization == "sequence_budget" and args.entropy_tokens == "response"
+    assert args.expert_column == "expert"  # TRAPO's prefixes: the reasoning only
+
+
+def test_the_luffy_baseline_trains_on_its_own_trace_data_and_reward(tmp_path):
+    plan = plan_for(CONFIGS / "luffy.yaml", tmp_path)
+    args = plan.rl_args
+    assert args.method == "luffy" and args.prefix_loss == "luffy" and args.prefix_weight == "advantage"
+    assert args.second_trace_for_full is False  # its own (first) trace, not the second 220k one
+    assert args.expert_column == "expert_full" and args.scale_rewards == "none"
+    assert plan.script.reward == "math_think" and plan.script.prompt_style == "dataset"
+    assert plan.script.chat_template_file.endswith("qwen_think.jinja")
+
+
+@pytest.mark.parametrize("name", ["sft", "sft-then-grpo"])
+def test_sft_baselines_train_on_whole_responses(tmp_path, name):
+    plan = plan_for(CONFIGS / f"{name}.yaml", tmp_path)
+    assert plan.sft_args.expert_column == "expert_full" and plan.script.prompt_style == "dataset"

@@ -445,3 +445,28 @@ def test_mixed_loss_context_only_prefixes_get_no_entropy_bonus():
     (g,) = torch.autograd.grad(loss, entropies)
     generated_only = torch.tensor([[1, 1, 1, 0], [0, 0, 1, 1], [0, 0, 1, 0]], dtype=torch.float64)
     torch.testing.assert_close(g, -0.1 * generated_only / 6.0)
+
+
+def test_sequence_budget_normalization_divides_by_the_budget_only():
+    """The released code: each micro-batch's token sum ÷ max_completion_length (not × B)."""
+    loss, grad, metrics = _run(loss_normalization="sequence_budget")
+    assert loss == pytest.approx((PG_SUM + SFT_SUM) / MAX_LEN, rel=1e-9)
+    torch.testing.assert_close(grad, torch.tensor(EXPECTED_GRAD, dtype=torch.float64) * 3)  # B = 3 times larger
+    assert metrics["pg_loss"] == pytest.approx(PG_SUM / MAX_LEN)
+
+
+def test_entropy_over_every_response_token_includes_prefixes_and_unmarked_copies():
+    """The released code's entropy bonus: a masked mean over all response tokens (prefix copies included)."""
+    ent = [[1.0, 2.0, 3.0, 100.0], [0.5, 1.5, 2.5, 3.5], [6.0, 7.0, 4.0, 100.0]]
+    response = [1.0, 2.0, 3.0, 0.5, 1.5, 2.5, 3.5, 6.0, 7.0, 4.0]  # every completion token, padding excluded
+    entropies = torch.tensor(ent, dtype=torch.float64, requires_grad=True)
+    for prefix_loss in ("trsft", "none"):  # context-only prefixes count too: the mask is the response's
+        loss, _, metrics = _run(entropies=entropies, entropy_coef=0.01, entropy_tokens="response",
+                                prefix_loss=prefix_loss)  # fmt: skip
+        assert metrics["entropy"] == pytest.approx(sum(response) / len(response))
+
+
+@pytest.mark.parametrize(("key", "value"), [("loss_normalization", "token_mean"), ("entropy_tokens", "all")])
+def test_unknown_normalization_options_are_refused(key, value):
+    with pytest.raises(ValueError, match=key):
+        _run(**{key: value})

@@ -46,7 +46,8 @@ def test_verl_row_conversion_keeps_the_reasoning_of_every_trace():
     out = from_verl_row(row)
     assert out["prompt"][1]["content"] == "What is 3+1?" and out["answer"] == "4"
     assert out["expert"] == ["3+1=4", "4 it is", "plain solution 4"]
-    assert from_verl_row(row, "full")["expert"][0].startswith("<think>")
+    # "full": the whole response, </think> and solution included, without the opening tag (the template adds it).
+    assert from_verl_row(row, "full")["expert"][0] == "3+1=4\n</think>\n\n\\boxed{4}"
 
 
 @pytest.mark.parametrize("suffix", [".parquet", ".jsonl"])
@@ -93,7 +94,12 @@ def test_prepare_rules():
     out, report = prepare_openr1(rows, len, options)
     assert [r["answer"] for r in out] == ["5", "16", "8", "3"]
     assert out[0]["expert"] == ["2+3 is 5.\n\nSo 5.", "Add: 3+2=5."]
-    assert out[1]["expert"] == ["4*4=16"]
+    # The baselines' traces: the same generations, whole (</think> and the solution kept), without the opening tag.
+    assert out[0]["expert_full"] == [
+        "2+3 is 5.\n\nSo 5.\n</think>\n\nThe answer is \\boxed{5}.",
+        "Add: 3+2=5.\n</think>\n\n\\boxed{5}",
+    ]
+    assert out[1]["expert"] == ["4*4=16"] and out[1]["expert_full"] == ["4*4=16\n</think>\n\\boxed{16}"]
     assert out[2]["expert"] == ["7+1=8", "1+7=8"]  # two at most, no duplicate, no unclosed block
     assert out[0]["prompt"] == [
         {"role": "system", "content": LUFFY_SYSTEM_PROMPT},
@@ -108,13 +114,23 @@ def test_prepare_rules():
     assert report.rows_kept == 4 and report.traces_kept == 6
     assert report.dropped_traces["over 200 tokens"] == 1 and report.dropped_traces["duplicate"] == 1
     assert "kept 4 of 8 rows" in report.summary()
+    assert report.single_trace_rows == 2 and "2 rows have a single trace" in report.summary()
 
 
 def test_merge_with_base_adds_a_second_trace():
-    base = [{"prompt": [SYSTEM, {"role": "user", "content": "What is  2+3?"}], "answer": "5", "expert": ["base"]}]
-    extra = [{"prompt": [{"role": "user", "content": "What is 2+3?"}], "answer": "5", "expert": ["base", "other"]}]
+    whole = "<think>\nbase\n</think>\n\\boxed{5}"
+    base = [{"prompt": [SYSTEM, {"role": "user", "content": "What is  2+3?"}], "answer": "5", "expert": [whole]}]
+    extra = [
+        {
+            "prompt": [{"role": "user", "content": "What is 2+3?"}],
+            "answer": "5",
+            "expert": ["base", "other"],
+            "expert_full": ["base\n</think>\n\\boxed{5}", "other\n</think>\n\\boxed{5}"],
+        }
+    ]
     merged, matched = merge_with_base(base, extra)
     assert matched == 1 and merged[0]["expert"] == ["base", "other"] and merged[0]["prompt"] == base[0]["prompt"]
+    assert merged[0]["expert_full"] == extra[0]["expert_full"]  # the base trace, whole, then the new one
 
 
 def test_prepare_cli(tmp_path, tokenizer, capsys):

@@ -186,3 +186,19 @@ def test_trapo_help_and_unknown_benchmark(capsys):
     assert "eval" in capsys.readouterr().out
     assert main(["eval", "--model", "x", "--benchmarks", "gsm8k", "--data-dir", str(SLICES)]) == 2
     assert "unknown benchmark" in capsys.readouterr().err
+
+
+def test_trapo_prompt_style_renders_the_training_prompt():
+    from trapo.eval.benchmarks import Problem
+    from trapo.eval.harness import render_prompts
+    from trapo.tasks.tiny_model import build_tokenizer
+
+    tokenizer = build_tokenizer()
+    template = (Path(__file__).parent.parent / "configs/chat_templates/qwen_plain.jinja").read_text()
+    chat = [{"role": "system", "content": "LUFFY's long system prompt"}, {"role": "user", "content": "What is 2+2?"}]
+    problem = Problem(benchmark="toy", index=0, messages=tuple((m["role"], m["content"]) for m in chat), answer="4")
+    (dataset,) = render_prompts([problem], tokenizer, template)
+    (trapo,) = render_prompts([problem], tokenizer, template, prompt_style="trapo")
+    assert "LUFFY's long system prompt" in dataset and "LUFFY" not in trapo
+    assert trapo.startswith("<|im_start|>system\nYou are a helpful assistant.<|im_end|>")
+    assert "What is 2+2?\nPlease reason step by step" in trapo and trapo.endswith("<|im_start|>assistant\n")

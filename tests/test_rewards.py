@@ -13,7 +13,8 @@ import time
 import pytest
 
 from trapo.rewards import MathReward, math_reward, reward_stats
-from trapo.rewards.math import _KILL_GRACE_S, gold_text, last_boxed, prediction_text
+from trapo.rewards.math import gold_text, last_boxed, prediction_text
+from trapo.rewards.math_pool import _KILL_GRACE_S
 
 TIMEOUT = 1.0
 PATHOLOGICAL = "\\boxed{9^{9^{9^{9}}}}"
@@ -227,3 +228,19 @@ def test_extraction_helpers():
     assert prediction_text(REASONING * 1000 + "\\boxed{42}" + REASONING * 100) == "\\boxed{42}"
     assert gold_text(3) == "\\boxed{3}" and gold_text("$\\frac12$") == "\\boxed{\\frac12}"
     assert gold_text("\\boxed{3}") == "\\boxed{3}" and gold_text("  ") is None and gold_text(None) is None
+
+
+def test_think_format_reward_needs_a_closed_think_block():
+    """LUFFY's reward (reward_impl_version=3): no </think> scores 0; the answer is read after the first </think>."""
+    from trapo.rewards import MathReward
+
+    reward = MathReward(num_workers=0, require_think_close=True)
+    completions = [
+        "reasoning...</think>\n\nso the answer is \\boxed{5}",  # closed, right answer after it
+        "reasoning... \\boxed{5}",  # right answer, never closed the block
+        "it is \\boxed{5}</think>\n\nfinal: \\boxed{6}",  # the answer after </think> is wrong
+        [{"role": "assistant", "content": "ok</think>\\boxed{5}"}],  # chat completions too
+    ]
+    assert reward(completions, answer="5") == [1.0, 0.0, 0.0, 1.0]
+    plain = MathReward(num_workers=0)
+    assert plain(completions, answer="5") == [1.0, 1.0, 0.0, 1.0]  # the default reward has no format check

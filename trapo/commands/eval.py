@@ -34,6 +34,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--limit", type=int, default=None, help="first N (de-duplicated) problems of each benchmark")
     p.add_argument("--chat-template", default=None, help="Jinja file replacing the model's chat template")
     p.add_argument("--drop-system", action="store_true", help="remove the benchmarks' system message")
+    p.add_argument(
+        "--prompt-style",
+        choices=("dataset", "trapo"),
+        default="dataset",
+        help="trapo: rebuild each prompt as TRAPO's training prompt (configs/trapo_qwen2.5_math_7b.yaml trains on it)",
+    )
     p.add_argument("--rope-theta", type=float, default=None, help="context override at load (see trapo.models)")
     p.add_argument("--max-position-embeddings", type=int, default=None)
     p.add_argument("--dtype", default="auto")
@@ -54,9 +60,11 @@ def run(args: argparse.Namespace, extra: list[str]) -> int:
     from trapo.eval.backends import HFBackend, VLLMBackend, vllm_available
     from trapo.eval.harness import markdown_table
     from trapo.models import with_context_overrides
+    from trapo.preflight import check_model_path
 
     names = parse_benchmarks(args.benchmarks)
     benchmarks = {name: load_benchmark(name, args.data_dir, args.limit) for name in names}
+    check_model_path(args.model)
     output_dir = Path(args.output_dir or Path("runs") / "eval" / Path(args.model.rstrip("/")).name)
     model_path = with_context_overrides(
         args.model, output_dir / "model-view", args.rope_theta, args.max_position_embeddings
@@ -76,7 +84,9 @@ def run(args: argparse.Namespace, extra: list[str]) -> int:
         )
     else:
         backend = HFBackend.from_pretrained(model_path, dtype=args.dtype, batch_size=args.batch_size)
-    settings = EvalSettings(args.k, args.temperature, args.top_p, args.max_tokens, args.seed, args.drop_system)
+    settings = EvalSettings(
+        args.k, args.temperature, args.top_p, args.max_tokens, args.seed, args.drop_system, args.prompt_style
+    )
     grader = Grader(timeout=args.grader_timeout, num_workers=args.grader_workers)
     try:
         results = evaluate(benchmarks, backend, tokenizer, settings, grader, template)

@@ -46,6 +46,13 @@ def run(args: argparse.Namespace, extra: list[str]) -> int:
     from trapo.data.loaders import read_table
     from trapo.data.prepare import merge_with_base
 
+    table = read_table(args.input, args.split, args.config)
+    columns = set(table.column_names)
+    if {"prompt", "answer", "expert"} <= columns and "generations" not in columns:
+        raise ValueError(
+            f"{args.input} already holds TRAPO rows (prompt, answer, expert): train on it directly (dataset_name in "
+            "the config); trapo prepare converts OpenR1-style rows (problem, answer, generations)"
+        )
     tokenizer = AutoTokenizer.from_pretrained(args.tokenizer)
 
     def count_tokens(text: str) -> int:
@@ -63,9 +70,7 @@ def run(args: argparse.Namespace, extra: list[str]) -> int:
         system_prompt=LUFFY_SYSTEM_PROMPT if args.system_prompt is None else (args.system_prompt or None),
         correct_columns=tuple(c.strip() for c in args.correct_columns.split(",") if c.strip()),
     )
-    rows, report = prepare_openr1(
-        read_table(args.input, args.split, args.config), count_tokens, options, count_prompt_tokens
-    )
+    rows, report = prepare_openr1(table, count_tokens, options, count_prompt_tokens)
     for index, reason in report.rejected[: args.show]:
         print(f"row {index}: {reason}", file=sys.stderr)
     if len(report.rejected) > args.show:
@@ -75,7 +80,7 @@ def run(args: argparse.Namespace, extra: list[str]) -> int:
         write_rows([{"row": i, "reason": r} for i, r in report.rejected], rejected_path)
     summary = report.summary()
     if args.base:
-        base = load_training_rows(args.base)
+        base = load_training_rows(args.base, expert_format="full")  # whole responses: both columns come from them
         rows, matched = merge_with_base(base, rows, args.max_traces)
         summary += f"; base {args.base}: {len(rows)} rows, {matched} topped up from the input"
     print(summary)

@@ -2,6 +2,8 @@
 
 from trapo.core.advantages import group_advantages
 from trapo.core.losses import (
+    ENTROPY_TOKENS,
+    LOSS_NORMALIZATIONS,
     PREFIX_LOSS_KINDS,
     luffy_token_loss,
     mixed_loss,
@@ -21,6 +23,8 @@ from trapo.core.schedule import (
 )
 
 __all__ = [
+    "ENTROPY_TOKENS",
+    "LOSS_NORMALIZATIONS",
     "PAPER_SCHEDULE",
     "PREFIX_LOSS_KINDS",
     "REFERENCE_CODE_SCHEDULE",

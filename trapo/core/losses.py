@@ -10,6 +10,8 @@ from __future__ import annotations
 import torch
 
 PREFIX_LOSS_KINDS = ("trsft", "nll", "luffy", "none")
+LOSS_NORMALIZATIONS = ("batch_budget", "sequence_budget")
+ENTROPY_TOKENS = ("loss", "response")
 
 
 def trsft_token_loss(logps: torch.Tensor, alpha: float = 0.1) -> torch.Tensor:
@@ -95,6 +97,8 @@ def mixed_loss(
     entropies: torch.Tensor | None = None,
     entropy_coef: float = 0.0,
     pg_weights: torch.Tensor | None = None,
+    loss_normalization: str = "batch_budget",
+    entropy_tokens: str = "loss",
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """The TRAPO objective on one batch of sequences (docs/method.md, "The loss").
 
@@ -104,23 +108,31 @@ def mixed_loss(
       (``prefix_weight="advantage"`` multiplies it by Â instead, as LUFFY does for its off-policy trace);
     - prefix tokens outside ``imitated_mask``: no loss (a second copy of an already imitated prefix).
 
-    Both sums are divided by the same constant ``B × max_completion_length`` ("Dr. GRPO"), so an imitated
-    token and an RL token weigh the same. The entropy bonus subtracts ``entropy_coef`` × the mean entropy
-    of the tokens that carry a loss. ``pg_weights`` (``(B, T)`` or ``(B, 1)``) multiplies the policy-gradient
-    term only, e.g. vLLM's importance-sampling correction between the sampler and the trainer.
+    Both sums are divided by the same constant, so an imitated token and an RL token weigh the same:
+    ``loss_normalization="batch_budget"`` divides by ``B × max_completion_length`` (TRL's Dr. GRPO: the loss is a
+    per-token-slot average of the batch); ``"sequence_budget"`` by ``max_completion_length`` only (the released
+    code: the loss is a sum over the batch's sequences, so it grows with the batch). The entropy bonus subtracts
+    ``entropy_coef`` × the mean entropy of the tokens that carry a loss (``entropy_tokens="loss"``) or of every
+    response token, prefixes included (``"response"``, the released code). ``pg_weights`` (``(B, T)`` or
+    ``(B, 1)``) multiplies the policy-gradient term only, e.g. vLLM's importance-sampling correction between the
+    sampler and the trainer.
 
     Returns the scalar loss and float metrics: ``pg_loss``, ``prefix_loss``, ``entropy``,
     ``prefix_clip_frac`` (share of imitated tokens with p < alpha), ``prefix_mean_p``, ``gen_mean_p``.
     """
     if prefix_weight not in ("one", "advantage"):
         raise ValueError(f"prefix_weight must be 'one' or 'advantage', got {prefix_weight!r}")
+    if loss_normalization not in LOSS_NORMALIZATIONS:
+        raise ValueError(f"loss_normalization must be one of {LOSS_NORMALIZATIONS}, got {loss_normalization!r}")
+    if entropy_tokens not in ENTROPY_TOKENS:
+        raise ValueError(f"entropy_tokens must be one of {ENTROPY_TOKENS}, got {entropy_tokens!r}")
     completion_mask, prefix_mask, imitated_mask = (m.bool() for m in (completion_mask, prefix_mask, imitated_mask))
     if (imitated_mask & ~prefix_mask).any():
         raise ValueError("imitated_mask marks tokens outside prefix_mask: only expert-prefix tokens can be imitated")
     if (prefix_mask & ~completion_mask).any():
         raise ValueError("prefix_mask marks tokens outside completion_mask")
     batch_size, seq_len = logps.shape
-    normalizer = batch_size * (max_completion_length or seq_len)
+    normalizer = (max_completion_length or seq_len) * (batch_size if loss_normalization == "batch_budget" else 1)
     gen_mask = completion_mask & ~prefix_mask
 
     pg_tok = policy_gradient_token_loss(logps, old_logps, advantages, clip_eps)
@@ -134,7 +146,10 @@ def mixed_loss(
     loss = pg_term + prefix_term
 
     # Prefixes that are context only (prefix_loss="none") carry no loss, so no entropy bonus either.
-    loss_mask = gen_mask | imitated_mask if prefix_loss != "none" else gen_mask
+    if entropy_tokens == "response":
+        loss_mask = completion_mask
+    else:
+        loss_mask = gen_mask | imitated_mask if prefix_loss != "none" else gen_mask
     entropy = torch.zeros((), device=logps.device)
     if entropies is not None:
         entropy = _masked_mean(entropies, loss_mask)

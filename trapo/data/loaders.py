@@ -16,7 +16,7 @@ from collections.abc import Iterable
 
 from datasets import Dataset, load_dataset, load_from_disk
 
-from trapo.data.text import think_content
+from trapo.data.text import think_content, without_think_open
 from trapo.data.validation import validate_rows
 
 EXPERT_FORMATS = ("think", "full")
@@ -51,12 +51,14 @@ def _trace_texts(value) -> list[str]:
 
 
 def expert_text(trace: str, expert_format: str = "think") -> str:
-    """The part of a trace used for imitation: its ``<think>`` reasoning (``think``) or all of it (``full``)."""
+    """The part of a trace used for imitation: its ``<think>`` reasoning (``think``: TRAPO's prefixes) or the whole
+    response (``full``: the SFT and LUFFY baselines' data), without an opening ``<think>`` (the chat template's
+    generation prompt opens the block, as LUFFY's ``prepare_sft.py`` assumes)."""
     if expert_format not in EXPERT_FORMATS:
         raise ValueError(f"expert_format must be one of {EXPERT_FORMATS}, got {expert_format!r}")
     if expert_format == "think":
         return think_content(trace) or trace.strip()
-    return trace.strip()
+    return without_think_open(trace)
 
 
 def from_verl_row(row: dict, expert_format: str = "think") -> dict:

@@ -25,6 +25,8 @@ from tqdm.auto import tqdm
 from trapo.data.loaders import expert_text
 from trapo.data.text import LUFFY_SYSTEM_PROMPT, chat_prompt, think_content, user_message
 
+FULL_COLUMN = "expert_full"  # whole responses, for the sft, sft-then-grpo and luffy baselines
+
 
 @dataclass
 class PrepareOptions:
@@ -50,13 +52,20 @@ class PrepareReport:
     traces_kept: int = 0
     dropped_traces: Counter = field(default_factory=Counter)
     rejected: list[tuple[int, str]] = field(default_factory=list)
+    single_trace_rows: int = 0
 
     def summary(self) -> str:
         dropped = ", ".join(f"{n} {reason}" for reason, n in self.dropped_traces.most_common()) or "none"
+        single = ""
+        if self.single_trace_rows:
+            single = (
+                f"; {self.single_trace_rows} rows have a single trace (the full-trace stage reuses it, so its start is "
+                "imitated up to three times; docs/method.md)"
+            )
         return (
             f"kept {self.rows_kept} of {self.rows_in} rows ({self.traces_kept} expert traces, "
             f"{self.traces_kept / max(self.rows_kept, 1):.2f} per row); rejected {len(self.rejected)} rows; "
-            f"generations dropped: {dropped}"
+            f"generations dropped: {dropped}{single}"
         )
 
 
@@ -71,8 +80,12 @@ def _flags(row: dict, column: str, n: int) -> list | None:
     return list(flags)
 
 
-def _row_traces(row: dict, options: PrepareOptions, count_tokens: Callable[[str], int], dropped: Counter) -> list:
-    """The kept traces of one row; raises ``ValueError`` (the rejection reason) when the row is malformed."""
+def _row_traces(
+    row: dict, options: PrepareOptions, count_tokens: Callable[[str], int], dropped: Counter
+) -> list[tuple[str, str]]:
+    """The kept traces of one row, each as (reasoning inside ``<think>``, whole response without the opening tag);
+    raises ``ValueError`` (the rejection reason) when the row is malformed. The token budget applies to the whole
+    response, which is what the SFT and LUFFY baselines train on."""
     generations = row.get(options.generations_column)
     if not isinstance(generations, list | tuple):
         raise ValueError(f"{options.generations_column}: expected a list of generations")
@@ -81,7 +94,7 @@ def _row_traces(row: dict, options: PrepareOptions, count_tokens: Callable[[str]
     if not flag_lists:
         raise ValueError(f"no correctness flags ({', '.join(options.correct_columns)})")
     complete = _flags(row, options.complete_column, n) if options.complete_column else None
-    traces: list[str] = []
+    traces: list[tuple[str, str]] = []
     for j, generation in enumerate(generations):
         if len(traces) >= options.max_traces:
             break
@@ -95,13 +108,14 @@ def _row_traces(row: dict, options: PrepareOptions, count_tokens: Callable[[str]
         if reasoning is None:
             dropped["no closed <think> block"] += 1
             continue
-        if reasoning in traces:
+        if reasoning in (think for think, _ in traces):
             dropped["duplicate"] += 1
             continue
-        if count_tokens(reasoning) > options.max_tokens:
+        full = expert_text(generation, "full")
+        if count_tokens(full) > options.max_tokens:
             dropped[f"over {options.max_tokens} tokens"] += 1
             continue
-        traces.append(reasoning)
+        traces.append((reasoning, full))
     return traces
 
 
@@ -137,10 +151,17 @@ def prepare_openr1(
         except ValueError as error:
             report.rejected.append((i, str(error)))
             continue
-        out.append({"prompt": prompt, "answer": str(answer).strip(), "expert": traces})
+        out.append(_row(prompt, str(answer).strip(), traces))
         report.rows_kept += 1
         report.traces_kept += len(traces)
+        report.single_trace_rows += len(traces) == 1
     return out, report
+
+
+def _row(prompt, answer: str, traces: list[tuple[str, str]]) -> dict:
+    """A training row: TRAPO's traces (reasoning only) in ``expert``, the baselines' (whole responses) in
+    ``expert_full``, aligned."""
+    return {"prompt": prompt, "answer": answer, "expert": [t for t, _ in traces], FULL_COLUMN: [f for _, f in traces]}
 
 
 def _key(prompt) -> str:
@@ -148,21 +169,23 @@ def _key(prompt) -> str:
 
 
 def merge_with_base(
-    base_rows: Iterable[dict], extra_rows: Iterable[dict], max_traces: int = 2, expert_format: str = "think"
+    base_rows: Iterable[dict], extra_rows: Iterable[dict], max_traces: int = 2
 ) -> tuple[list[dict], int]:
     """Base rows (their prompt, answer and traces first) topped up with traces of the same problem from ``extra_rows``.
 
+    Base traces are whole responses (LUFFY's verl files, loaded with ``expert_format="full"``); each becomes a
+    reasoning-only trace in ``expert`` and a whole response in ``expert_full``, as `prepare_openr1` writes them.
     Problems are matched on the whitespace-normalised user message. Returns the rows and how many base rows found a
     match.
     """
-    extra = {_key(r["prompt"]): r["expert"] for r in extra_rows}
+    extra = {_key(r["prompt"]): list(zip(r["expert"], r[FULL_COLUMN], strict=True)) for r in extra_rows}
     merged, matched = [], 0
     for row in base_rows:
-        traces = [expert_text(t, expert_format) for t in row["expert"]]
+        traces = [(expert_text(t, "think"), expert_text(t, "full")) for t in row["expert"]]
         more = extra.get(_key(row["prompt"]))
         matched += more is not None
-        traces = list(dict.fromkeys(traces + list(more or [])))[:max_traces]
-        merged.append({"prompt": row["prompt"], "answer": row["answer"], "expert": traces})
+        unique = list(dict.fromkeys(traces + list(more or [])))[:max_traces]
+        merged.append(_row(row["prompt"], row["answer"], unique))
     return merged, matched
 
 

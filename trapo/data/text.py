@@ -17,6 +17,13 @@ LUFFY_SYSTEM_PROMPT = (
 )
 THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
 
+# TRAPO's released training prompt (`rl_dataset_with_target.py`): the dataset's system message is ignored, the
+# problem is the last user message, and an instruction is appended. Rendered with
+# configs/chat_templates/qwen_plain.jinja it is, byte for byte, the released code's string.
+TRAPO_SYSTEM_PROMPT = "You are a helpful assistant."
+TRAPO_INSTRUCTION = "\nPlease reason step by step, and put your final answer within \\boxed{}."
+PROMPT_STYLES = ("dataset", "trapo")
+
 
 def think_content(text: str) -> str | None:
     """The reasoning inside ``<think>…</think>`` (stripped), or None when the block is missing or never closed.
@@ -31,6 +38,12 @@ def think_content(text: str) -> str | None:
     start = 0 if start < 0 else start + len(THINK_OPEN)
     content = text[start:end].strip()
     return content or None
+
+
+def without_think_open(text: str) -> str:
+    """``text`` stripped, without a leading ``<think>`` tag (the rest, ``</think>`` and the solution, is kept)."""
+    text = text.strip()
+    return text[len(THINK_OPEN) :].lstrip("\n") if text.startswith(THINK_OPEN) else text
 
 
 def after_think(text: str) -> str:
@@ -53,3 +66,21 @@ def chat_prompt(problem: str, system_prompt: str | None = LUFFY_SYSTEM_PROMPT) -
     """A chat prompt for ``problem``: the system message (when one is given) and the problem as the user turn."""
     messages = [{"role": "system", "content": system_prompt}] if system_prompt else []
     return [*messages, {"role": "user", "content": problem}]
+
+
+def trapo_prompt(problem: str) -> list[dict]:
+    """TRAPO's released prompt for ``problem``: "You are a helpful assistant." and the problem + the boxed-answer
+    instruction (docs/method.md, "Prompt")."""
+    return [
+        {"role": "system", "content": TRAPO_SYSTEM_PROMPT},
+        {"role": "user", "content": problem + TRAPO_INSTRUCTION},
+    ]
+
+
+def restyle_prompt(prompt, style: str):
+    """``prompt`` as the dataset has it (``"dataset"``), or rebuilt from its last user message (``"trapo"``)."""
+    if style == "dataset":
+        return prompt
+    if style == "trapo":
+        return trapo_prompt(user_message(prompt))
+    raise ValueError(f"prompt_style must be one of {PROMPT_STYLES}, got {style!r}")

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable
+
+logger = logging.getLogger(__name__)
 
 
 def row_errors(row: dict, expert_column: str = "expert", answer_column: str | None = "answer") -> list[str]:
@@ -58,12 +61,19 @@ def validate_rows(rows: Iterable[dict], expert_column: str = "expert", answer_co
     return count
 
 
-def validate_training_inputs(dataset, tokenizer, args) -> None:
-    """Everything `TRAPOTrainer` can check before training starts, so a bad input fails now, by name, with a fix.
+def validate_training_inputs(dataset, tokenizer, args):
+    """Everything `TRAPOTrainer` can check before training starts, so a bad input fails now, by name, with a fix;
+    returns the dataset to train on (without the rows ``overlong_traces='drop'`` removes).
 
-    Checks the tokenizer (EOS and pad tokens), the dataset's columns, every row (`row_errors`) and, when
-    ``args.max_prompt_length`` is set, every prompt's token count. Streaming datasets get the column check only.
+    Checks the tokenizer (EOS and pad tokens), the dataset's columns, every row (`row_errors`), single-trace rows,
+    every prompt's token count when ``args.max_prompt_length`` is set, and expert traces longer than the completion
+    budget. Streaming datasets get the column check only.
     """
+    if tokenizer is not None and dataset is not None and hasattr(dataset, "__len__") and len(dataset):
+        from trapo.preflight import check_chat_template
+
+        if "prompt" in (getattr(dataset, "column_names", None) or []):
+            check_chat_template(tokenizer, dataset[0]["prompt"])
     if tokenizer is not None:
         missing = [name for name in ("eos_token_id", "pad_token_id") if getattr(tokenizer, name, None) is None]
         if missing:
@@ -85,10 +95,77 @@ def validate_training_inputs(dataset, tokenizer, args) -> None:
                 f"dataset.rename_column, or set expert_column / answer_column in TRAPOConfig{hint}"
             )
     if not hasattr(dataset, "__len__"):
-        return  # a stream: rows are checked as they come (the rollout raises on a bad expert list)
+        return dataset  # a stream: rows are checked as they come (the rollout raises on a bad expert list)
     validate_rows(dataset, expert, answer)
+    _warn_single_traces(dataset, args)
     if args.max_prompt_length and tokenizer is not None:
         _check_prompt_lengths(dataset, tokenizer, args.max_prompt_length)
+    if tokenizer is not None:
+        dataset = _handle_overlong_traces(dataset, tokenizer, args)
+    return dataset
+
+
+def overlong_trace_rows(dataset, tokenizer, args) -> tuple[list[int], int]:
+    """Rows with an expert trace the full-trace stage would cut (trace + EOS longer than max_completion_length), and
+    the longest such trace in tokens. Only the traces a stage can use are checked (the first, and the second when
+    ``second_trace_for_full``)."""
+    used = 2 if args.second_trace_for_full else 1
+    index, texts = [], []
+    for i, traces in enumerate(dataset[args.expert_column]):
+        for trace in traces[:used]:
+            index.append(i)
+            texts.append(trace)
+    lengths = [len(ids) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]] if texts else []
+    budget = args.max_completion_length
+    rows = sorted({i for i, n in zip(index, lengths, strict=True) if n + 1 > budget})
+    return rows, max(lengths, default=0)
+
+
+def _handle_overlong_traces(dataset, tokenizer, args):
+    rows, longest = overlong_trace_rows(dataset, tokenizer, args)
+    if not rows:
+        return dataset
+    where = f"rows {rows[:10]}{' …' if len(rows) > 10 else ''}"
+    what = (
+        f"{len(rows)} of {len(dataset)} training rows have an expert trace longer than max_completion_length "
+        f"({args.max_completion_length} tokens with its EOS; the longest is {longest} tokens): {where}"
+    )
+    if args.overlong_traces == "error":
+        raise ValueError(
+            f"{what}. Raise max_completion_length, shorten or drop those rows (trapo prepare --max-tokens), or set "
+            "overlong_traces='keep' or 'drop'"
+        )
+    if args.overlong_traces == "drop":
+        logger.warning("%s; dropping them (overlong_traces='drop')", what)
+        drop = set(rows)
+        return dataset.select([i for i in range(len(dataset)) if i not in drop])
+    logger.warning(
+        "%s; keeping them cut at the budget: their full-trace sample loses its EOS and usually scores 0 "
+        "(overlong_traces='keep'; 'drop' removes them)",
+        what,
+    )
+    return dataset
+
+
+def single_trace_rows(dataset, expert_column: str = "expert") -> int:
+    """How many rows have exactly one expert trace."""
+    return sum(1 for traces in dataset[expert_column] if len(traces) == 1)
+
+
+def _warn_single_traces(dataset, args) -> None:
+    """A full-trace stage that wants a second trace falls back to the first one: say how often (docs/method.md)."""
+    wants_second = args.second_trace_for_full and any(s.prefix_ratio >= 1.0 for s in args.micro_groups)
+    if not wants_second:
+        return
+    count = single_trace_rows(dataset, args.expert_column)
+    if count:
+        logger.warning(
+            "%d of %d training rows have a single expert trace: their full-trace stage reuses it, so its start is "
+            "imitated up to three times (stages 2-4). The released code needs two traces per row; see docs/method.md, "
+            "'Data'",
+            count,
+            len(dataset),
+        )
 
 
 def _check_prompt_lengths(dataset, tokenizer, budget: int) -> None:

@@ -15,6 +15,7 @@ from dataclasses import asdict, dataclass, field
 
 from tqdm.auto import tqdm
 
+from trapo.data.text import restyle_prompt
 from trapo.eval.backends import GenerationBackend
 from trapo.eval.benchmarks import DISPLAY_NAMES, MATH_BENCHMARKS, PAPER_TRAPO, Problem, paper_k
 from trapo.eval.grading import Grader
@@ -31,6 +32,7 @@ class EvalSettings:
     max_tokens: int = 8192
     seed: int = 0
     drop_system: bool = False
+    prompt_style: str = "dataset"  # "trapo": TRAPO's training prompt, rebuilt from each problem (docs/method.md)
 
 
 @dataclass
@@ -44,8 +46,16 @@ class BenchmarkResult:
     samples: list[dict] = field(default_factory=list, repr=False)
 
 
-def render_prompts(problems: list[Problem], tokenizer, chat_template: str | None = None, drop_system: bool = False):
-    """Chat prompts as text, through ``chat_template`` (a Jinja string) or the tokenizer's own template."""
+def render_prompts(
+    problems: list[Problem],
+    tokenizer,
+    chat_template: str | None = None,
+    drop_system: bool = False,
+    prompt_style: str = "dataset",
+):
+    """Chat prompts as text, through ``chat_template`` (a Jinja string) or the tokenizer's own template; with
+    ``prompt_style="trapo"`` each prompt is first rebuilt as TRAPO's training prompt (`trapo.data.text.trapo_prompt`).
+    """
     template = chat_template or tokenizer.chat_template
     if not template:
         raise ValueError(
@@ -54,7 +64,9 @@ def render_prompts(problems: list[Problem], tokenizer, chat_template: str | None
         )
     rendered = []
     for problem in problems:
-        messages = [m for m in problem.chat if not (drop_system and m["role"] == "system")]
+        messages = [
+            m for m in restyle_prompt(problem.chat, prompt_style) if not (drop_system and m["role"] == "system")
+        ]
         rendered.append(
             tokenizer.apply_chat_template(messages, chat_template=template, tokenize=False, add_generation_prompt=True)
         )
@@ -72,7 +84,7 @@ def evaluate_benchmark(
 ) -> BenchmarkResult:
     k = settings.k or paper_k(name)
     start = time.monotonic()
-    prompts = render_prompts(problems, tokenizer, chat_template, settings.drop_system)
+    prompts = render_prompts(problems, tokenizer, chat_template, settings.drop_system, settings.prompt_style)
     completions = backend.generate(
         prompts,
         n=k,

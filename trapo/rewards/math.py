@@ -28,27 +28,21 @@ worker imports sympy), a replaced worker the same.
 
 from __future__ import annotations
 
-import atexit
-import json
 import logging
 import os
-import select
 import signal
-import subprocess
-import sys
 import threading
 import time
-import weakref
-from collections import Counter, deque
+from collections import Counter
 from collections.abc import Callable, Sequence
 from functools import lru_cache
 from typing import Any
 
+from trapo.data.text import THINK_CLOSE
+
 logger = logging.getLogger("trapo.rewards")
 
 _STATS: Counter = Counter()  # "scored", "correct", "timeouts", "parse_failures", "errors", summed over all instances
-_KILL_GRACE_S = 1.0  # the parent kills a worker this long after the worker's own alarm should have fired
-_STARTUP_TIMEOUT_S = 120.0  # a fresh worker imports sympy: seconds on a loaded machine, never minutes
 _MAX_BOXES_TRIED = 16  # unbalanced \boxed{ to skip before giving up (bounds the scan on adversarial text)
 _WARN_EVERY_S = 60.0
 _BOX_COMMANDS = ("\\boxed", "\\fbox")
@@ -204,111 +198,6 @@ def score_one(gold: str | None, pred: str, timeout: float) -> tuple[float, str]:
             signal.signal(signal.SIGALRM, previous)
 
 
-def _serve() -> None:
-    """Worker loop: one JSON request per stdin line ``[gold, pred, timeout]``, one ``[score, status]`` line back."""
-    channel = os.fdopen(os.dup(1), "w", buffering=1)
-    os.dup2(2, 1)  # a library that prints must not corrupt the protocol
-    sys.stdout = sys.stderr
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is for the parent; a worker ends when its stdin closes
-    logging.getLogger("math_verify").setLevel(logging.ERROR)
-    _parse_gold("\\boxed{1}")  # import and warm sympy before saying ready
-    channel.write("ready\n")
-    for line in sys.stdin:
-        try:
-            gold, pred, timeout = json.loads(line)
-            result = score_one(gold, pred, timeout)
-        except BaseException:  # includes an alarm landing between the scoring and its cleanup
-            result = (0.0, "error")
-        channel.write(json.dumps(result) + "\n")
-
-
-_WORKER_CODE = "import sys; sys.path[:0] = {path!r}; from trapo.rewards.math import _serve; _serve()"
-
-
-# --------------------------------------------------------------------------------------------- pool (parent side)
-class _Worker:
-    def __init__(self):
-        code = _WORKER_CODE.format(path=[p for p in sys.path if p])
-        self.proc = subprocess.Popen(
-            [sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, bufsize=1
-        )
-        self.ready = False
-        self.item: int | None = None
-        self.deadline = time.monotonic() + _STARTUP_TIMEOUT_S
-
-    def send(self, item: int, request: list, deadline: float) -> None:
-        self.item, self.deadline = item, deadline
-        self.proc.stdin.write(json.dumps(request) + "\n")
-        self.proc.stdin.flush()
-
-    def kill(self) -> None:
-        for close in (self.proc.kill, self.proc.stdin.close, self.proc.stdout.close, self.proc.wait):
-            try:
-                close()
-            except Exception:
-                pass
-
-
-class _Pool:
-    """Worker subprocesses, each scoring one item at a time so the parent knows exactly when each item started."""
-
-    def __init__(self, size: int):
-        self.pid = os.getpid()
-        self.workers = [_Worker() for _ in range(size)]
-
-    def close(self) -> None:
-        if os.getpid() == self.pid:  # a forked child must not kill its parent's workers
-            for worker in self.workers:
-                worker.kill()
-        self.workers = []
-
-    def run(self, requests: list[list], timeout: float) -> list[tuple[float, str]]:
-        """Score every request; an item past ``timeout + grace`` gets (0, "timeout") and its worker is replaced."""
-        results: list[tuple[float, str] | None] = [None] * len(requests)
-        todo = deque(range(len(requests)))
-        for k, worker in enumerate(self.workers):  # still busy from a call that was interrupted: its answer is stale
-            if worker.item is not None:
-                worker.kill()
-                self.workers[k] = _Worker()
-        while todo or any(w.item is not None for w in self.workers):
-            for k, worker in enumerate(self.workers):
-                if worker.ready and worker.item is None and todo:
-                    i = todo.popleft()
-                    try:
-                        worker.send(i, requests[i], time.monotonic() + timeout + _KILL_GRACE_S)
-                    except OSError:  # it died while idle (e.g. OOM killer): replace it, the item waits
-                        todo.appendleft(i)
-                        worker.kill()
-                        self.workers[k] = _Worker()
-            active = [w for w in self.workers if not w.ready or w.item is not None]
-            wait = max(0.0, min(w.deadline for w in active) - time.monotonic())
-            readable, _, _ = select.select([w.proc.stdout for w in active], [], [], wait)
-            for k, worker in enumerate(self.workers):
-                if worker not in active:
-                    continue
-                line = worker.proc.stdout.readline() if worker.proc.stdout in readable else None
-                if line and not worker.ready:
-                    worker.ready = True
-                elif line:
-                    results[worker.item], worker.item = tuple(json.loads(line)), None
-                elif line == "" or time.monotonic() > worker.deadline:  # died, or hung where no alarm reaches
-                    if not worker.ready:
-                        raise RuntimeError("math reward worker failed to start (see its stderr above)")
-                    results[worker.item] = (0.0, "timeout" if line is None else "error")
-                    worker.kill()
-                    self.workers[k] = _Worker()
-        return results
-
-
-_POOLS: weakref.WeakSet = weakref.WeakSet()
-
-
-@atexit.register
-def _close_pools() -> None:
-    for reward in list(_POOLS):
-        reward.close()
-
-
 # ------------------------------------------------------------------------------------------------------- public
 class MathReward:
     """Callable TRL reward: ``reward(completions, answer, **kwargs) -> list[float]``.
@@ -319,14 +208,24 @@ class MathReward:
         num_workers: size of the scoring subprocess pool; 0 scores in-process (the timeout then only works in
             the main thread). The pool starts on the first call and is rebuilt after a fork.
         name: ``__name__`` shown by TRL in its logs (``rewards/<name>/mean``).
+        require_think_close: LUFFY's reward (its ``reward_impl_version=3``): a completion without ``</think>`` scores
+            0, and only the text after the first ``</think>`` is checked, so the answer must follow the reasoning.
     """
 
-    def __init__(self, timeout: float = 5.0, max_chars: int = 4096, num_workers: int | None = None, name: str = ""):
+    def __init__(
+        self,
+        timeout: float = 5.0,
+        max_chars: int = 4096,
+        num_workers: int | None = None,
+        name: str = "",
+        require_think_close: bool = False,
+    ):
         self.timeout = float(timeout)
+        self.require_think_close = require_think_close
         self.max_chars = int(max_chars)
         self.num_workers = min(2, os.cpu_count() or 1) if num_workers is None else int(num_workers)
         self.__name__ = name or "math_reward"
-        self._pool: _Pool | None = None
+        self._pool = None  # a trapo.rewards.math_pool._Pool once started
         self._lock = threading.Lock()
         self._last_warning = float("-inf")
 
@@ -349,9 +248,17 @@ class MathReward:
         answers = [answer] * len(completions) if answer is None or isinstance(answer, str | int | float) else answer
         if len(answers) != len(completions):
             raise ValueError(f"{self.__name__}: {len(completions)} completions but {len(answers)} answers")
-        pairs = zip(completions, answers, strict=True)
-        requests = [[gold_text(a), prediction_text(c, self.max_chars), self.timeout] for c, a in pairs]
-        results = self._score(requests)
+        texts = [completion_text(c) for c in completions]
+        formatted = [not self.require_think_close or THINK_CLOSE in t for t in texts]
+        if self.require_think_close:
+            texts = [t.split(THINK_CLOSE)[1] if ok else t for t, ok in zip(texts, formatted, strict=True)]
+        requests = [
+            [gold_text(a), prediction_text(t, self.max_chars), self.timeout]
+            for t, a, ok in zip(texts, answers, formatted, strict=True)
+            if ok
+        ]
+        scored = iter(self._score(requests))
+        results = [next(scored) if ok else (0.0, "format_error") for ok in formatted]
         counts = Counter(status for _, status in results)
         self._record(counts, sum(score for score, _ in results), len(results), kwargs.get("log_metric"))
         return [score for score, _ in results]
@@ -362,6 +269,8 @@ class MathReward:
         with self._lock:
             try:
                 if self._pool is None or self._pool.pid != os.getpid():
+                    from trapo.rewards.math_pool import _POOLS, _Pool
+
                     self._pool = _Pool(self.num_workers)
                     _POOLS.add(self)
                 return self._pool.run(requests, self.timeout)
@@ -385,3 +294,4 @@ class MathReward:
 
 
 math_reward = MathReward()
+math_think_reward = MathReward(name="math_think_reward", require_think_close=True)  # LUFFY's reward
