@@ -8,7 +8,15 @@ import pytest
 
 from trapo.core import PAPER_SCHEDULE, MicroGroup
 from trapo.core.schedule import always_guided
-from trapo.rollout import ExpertPrefix, RolloutBatch, Sample, SpeculativeRollout, StagedRollout, whole_groups
+from trapo.rollout import (
+    ExpertPrefix,
+    RolloutBatch,
+    Sample,
+    SpeculativeRollout,
+    StagedRollout,
+    choose_rollout,
+    whole_groups,
+)
 
 EOS, PARA = 1, 2  # token ids: end of sequence, paragraph break
 BUDGET = 24
@@ -147,6 +155,14 @@ def test_prefixes_respect_the_budget():
     assert group[7].prefix == tokenize(FIRST)[:budget]  # truncated: loses its EOS
     assert group[7].continuation == []  # fills the budget: nothing to generate
     assert all(len(x.response) <= budget for x in group)
+
+
+def test_the_cut_counts_the_eos_as_the_released_code_does():
+    """k = ⌊ratio · (len + 1)⌋: the released code cuts its hint ids, which end with the EOS it appends."""
+    rows = [{"expert": ["a" * 27, "b"], "id": 0}]  # no paragraph break: the cut is k itself
+    prefix = ExpertPrefix(tokenize, 100, EOS, {PARA})
+    assert len(prefix(rows[0], 0.5)) == 14 and len(prefix(rows[0], 0.25)) == 7  # not 13 and 6
+    assert len(ExpertPrefix(tokenize, 100, EOS, {PARA})({"expert": ["a"]}, 0.99)) == 1  # never the EOS itself
 
 
 def test_bad_expert_lists_are_refused_with_the_column_name():
@@ -295,3 +311,22 @@ def test_sample_response_is_prefix_then_continuation():
     x = Sample(group=0, stage=1, prefix=[5, 6], continuation=[7, EOS])
     assert x.response == [5, 6, 7, EOS] and x.guided
     assert not Sample(group=0, stage=0, prefix=[]).guided
+
+
+@pytest.mark.parametrize(
+    ("setting", "device", "vllm", "expected"),
+    [
+        ("auto", "cpu", False, "staged"),
+        ("auto", "cuda", False, "speculative"),
+        ("auto", "cpu", True, "speculative"),  # vLLM serves from GPUs whatever the trainer's device
+        ("staged", "cuda", True, "staged"),
+        ("speculative", "cpu", False, "speculative"),
+    ],
+)
+def test_auto_rollout_is_speculative_where_generation_runs_on_a_gpu(setting, device, vllm, expected):
+    assert choose_rollout(setting, device, vllm) == expected
+
+
+def test_unknown_rollouts_are_refused():
+    with pytest.raises(ValueError, match="rollout must be one of"):
+        choose_rollout("eager", "cpu", False)

@@ -54,10 +54,11 @@ class Sample:
 class ExpertPrefix:
     """The token ids a guided sample is shown: ``expert_prefix(row, ratio)``.
 
-    Rules (docs/method.md): ratios below 1 cut the *first* trace at a paragraph boundary near ⌊ratio·len⌋
-    (`trapo.core.cut_prefix`), leaving at least one token of budget to generate; ratio 1 is the whole trace + EOS
-    (nothing left to generate), taken from the *second* trace when the row has one and ``second_trace_for_full``;
-    a trace longer than the budget is truncated to it (and loses its EOS). Tokenisation is cached per trace text.
+    Rules (docs/method.md): ratios below 1 cut the *first* trace at a paragraph boundary near ⌊ratio·len⌋, len
+    counting the trace's EOS (`trapo.core.cut_prefix`), leaving at least one token of budget to generate; ratio 1 is
+    the whole trace + EOS (nothing left to generate), taken from the *second* trace when the row has one and
+    ``second_trace_for_full``; a trace longer than the budget is truncated to it (and loses its EOS). Tokenisation is
+    cached per trace text.
     """
 
     def __init__(
@@ -90,8 +91,9 @@ class ExpertPrefix:
             ids = self._ids[text] = list(self.tokenize(text))
         if ratio >= 1.0:
             return ids + [self.eos_token_id] if len(ids) < self.budget else ids[: self.budget]
-        cut = cut_prefix(ids, ratio, self.boundary_ids, self.lookahead)
-        return ids[: min(cut, self.budget - 1)]
+        # Cut over the trace + EOS, as the released code counts it; the EOS itself is never part of a partial prefix.
+        cut = cut_prefix([*ids, self.eos_token_id], ratio, self.boundary_ids, self.lookahead)
+        return ids[: min(cut, len(ids), self.budget - 1)]
 
 
 @dataclass
@@ -281,6 +283,19 @@ class SpeculativeRollout(StagedRollout):
 
 
 ROLLOUTS: dict[str, type[StagedRollout]] = {"staged": StagedRollout, "speculative": SpeculativeRollout}
+ROLLOUT_CHOICES = ("auto", *ROLLOUTS)
+
+
+def choose_rollout(setting: str, device_type: str, use_vllm: bool) -> str:
+    """The rollout ``setting`` stands for: ``auto`` is ``speculative`` where generation runs on a GPU (CUDA or vLLM),
+    where one decode loop costs about the same for 11 rows per prompt as for 8, so sequential stages would multiply
+    the generation time (measured: docs/benchmarks.md); and ``staged`` on CPU, where every row costs compute and the
+    discarded candidates would not pay. Both give the same samples in distribution and the same decisions."""
+    if setting not in ROLLOUT_CHOICES:
+        raise ValueError(f"rollout must be one of {ROLLOUT_CHOICES}, got {setting!r}")
+    if setting != "auto":
+        return setting
+    return "speculative" if use_vllm or device_type == "cuda" else "staged"
 
 
 def whole_groups(items: Sequence, group_size: int) -> list[int]:

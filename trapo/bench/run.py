@@ -44,10 +44,13 @@ class BenchSettings:
     seed: int = 0
     rollout: str | None = None  # TRAPOConfig.rollout for TRAPO (None: the trainer's default)
     threads: int = 2
-    # The large model (GPU), built from a Llama config with random weights.
+    # The large model (GPU): random weights, from a Llama of this size or from a transformers config (large_config:
+    # a config.json, a model folder or a Hub name), so the model is shaped like a real one.
     large_hidden: int = 1024
     large_layers: int = 12
     large_heads: int = 16
+    large_config: str | None = None
+    grad_accum: int = 1  # micro-batches per optimizer step (gradient accumulation); one generation per step
     device: str = "auto"  # auto | cpu | cuda (tiny always runs on CPU unless set to cuda)
     cache_dir: str = field(default_factory=default_cache_dir)
     train_problems: int = 600
@@ -60,6 +63,9 @@ class BenchSettings:
             raise ValueError(f"model must be 'tiny' or 'large', got {self.model!r}")
         if self.reps < 1 or self.steps < 1 or self.warmup_steps < 0:
             raise ValueError("reps and steps must be ≥ 1, warmup_steps ≥ 0")
+        rows = self.prompts_per_step * self.num_generations
+        if self.grad_accum < 1 or rows % self.grad_accum:
+            raise ValueError(f"grad_accum must divide the {rows} samples of a step, got {self.grad_accum}")
         make_reward(self.reward)  # validates
 
 
@@ -159,17 +165,34 @@ class Runner:
             "guided_samples": stats.get("guided_samples", 0),
             # The trainer counts every generated continuation; speculative rollouts also count the discarded ones.
             "kept_tokens": stats.get("generated_tokens", 0) - stats.get("discarded_tokens", 0),
+            "rollout": getattr(trainer, "rollout_kind", None),
             "reward_mean": statistics.fmean(rewards) if rewards else None,
         }
         trainer = None  # free it before the next repetition builds one
+        self._release_device()
         return result
+
+    def _release_device(self) -> None:
+        """Between repetitions a worker keeps its model on the CPU and gives the GPU's memory back, so that only the
+        method that is running holds GPU memory (two workers at real sizes do not fit on one card together)."""
+        if self.device != "cuda":
+            return
+        import gc
+
+        import torch
+
+        self.model.to("cpu")
+        gc.collect()
+        torch.cuda.empty_cache()
 
     def _trainer(self, seed: int, output_dir: str):
         s = self.settings
         common = dict(
             output_dir=output_dir,
             num_generations=s.num_generations,
-            per_device_train_batch_size=s.prompts_per_step * s.num_generations,
+            per_device_train_batch_size=s.prompts_per_step * s.num_generations // s.grad_accum,
+            gradient_accumulation_steps=s.grad_accum,
+            steps_per_generation=s.grad_accum,  # one rollout of whole groups per optimizer step
             max_steps=s.warmup_steps + s.steps,
             learning_rate=1e-4,
             lr_scheduler_type="constant",
@@ -217,7 +240,7 @@ def prepare_bench_model(settings: BenchSettings, log=None) -> None:
 
 
 def load_bench_model(settings: BenchSettings):
-    """(tokenizer, model): the demo's cached warm-started base (tiny) or a random-weight Llama (large)."""
+    """(tokenizer, model): the demo's cached warm-started base (tiny) or a random-weight model (large)."""
     from trapo.tasks.tiny_model import build_model, build_tokenizer
 
     if settings.model == "tiny":
@@ -225,6 +248,8 @@ def load_bench_model(settings: BenchSettings):
 
         path = base_model_path(cache_dir=settings.cache_dir, log=_log)
         return AutoTokenizer.from_pretrained(path), AutoModelForCausalLM.from_pretrained(path)
+    if settings.large_config:
+        return _model_from_config(settings.large_config, settings.max_completion_length)
     tokenizer = build_tokenizer()
     model = build_model(
         tokenizer,
@@ -234,6 +259,28 @@ def load_bench_model(settings: BenchSettings):
         max_positions=max(1024, 2 * settings.max_completion_length + 64),
         seed=0,
     )
+    return tokenizer, model
+
+
+def _model_from_config(name_or_path: str, max_completion_length: int):
+    """Random weights shaped by a transformers config (its vocabulary included: the char tokenizer is padded with
+    unused tokens to the config's size, so the LM head costs what it costs in the real model)."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from trapo.tasks.tiny_model import build_tokenizer
+
+    config = AutoConfig.from_pretrained(name_or_path)  # a .json file, a model folder or a Hub name
+    tokenizer = build_tokenizer(vocab_size=config.vocab_size)
+    config.pad_token_id, config.eos_token_id, config.bos_token_id = tokenizer.pad_token_id, tokenizer.eos_token_id, None
+    config.max_position_embeddings = max(getattr(config, "max_position_embeddings", 0), 2 * max_completion_length + 64)
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(config)
+    model.generation_config.pad_token_id, model.generation_config.eos_token_id = (
+        config.pad_token_id,
+        config.eos_token_id,
+    )
+    model.generation_config.bos_token_id = None
     return tokenizer, model
 
 

@@ -29,10 +29,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--num-generations", type=int, default=d["num_generations"].default)
     parser.add_argument("--max-completion-length", type=int, default=None, help="(tiny 64, large 256)")
     parser.add_argument("--reward", default=None, help="chain | random:P (default: chain on tiny, random:0.5 on large)")
-    parser.add_argument("--rollout", default=None, help="TRAPOConfig.rollout for TRAPO (staged | speculative)")
+    parser.add_argument(
+        "--rollout", default=None, help="TRAPOConfig.rollout for TRAPO: auto (its default) | staged | speculative"
+    )
     parser.add_argument("--no-isolate", action="store_true", help="run every method in this process")
     parser.add_argument("--large-hidden", type=int, default=d["large_hidden"].default)
     parser.add_argument("--large-layers", type=int, default=d["large_layers"].default)
+    parser.add_argument(
+        "--large-config",
+        default=None,
+        help="shape the large model like a real one: a transformers config.json, a model folder or a Hub name (e.g. "
+        "Qwen/Qwen2.5-0.5B); random weights; overrides --large-hidden/--large-layers",
+    )
+    parser.add_argument(
+        "--grad-accum", type=int, default=1, help="micro-batches per optimizer step (gradient accumulation)"
+    )
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda (for the large model)")
     parser.add_argument("--cache-dir", default=None, help="where the demo's base is cached ($TRAPO_CACHE)")
     parser.add_argument(
@@ -61,6 +72,8 @@ def settings_from_args(args: argparse.Namespace, model: str) -> BenchSettings:
         rollout=args.rollout,
         large_hidden=args.large_hidden,
         large_layers=args.large_layers,
+        large_config=args.large_config,
+        grad_accum=args.grad_accum,
         device=args.device,
     )
     if args.cache_dir:
