@@ -247,14 +247,45 @@ def test_raising_reward_scores_zero_and_a_broken_one_stops_training(tmp_path, to
         trainer.train()
 
 
-def test_reward_returning_none_or_the_wrong_count(tmp_path, tokenizer):
+def test_reward_returning_none_or_the_wrong_count(tmp_path, tokenizer, caplog):
     def none_for_all(completions, **kwargs):
         return [None] * len(completions)
 
     trainer = make_trainer(tmp_path / "a", tokenizer, reward=none_for_all, max_steps=1, per_device_train_batch_size=8)
-    trainer.train()
+    with caplog.at_level("WARNING", logger="trapo.guards"):
+        trainer.train()
     assert trainer.rollout_stats["unscorable_rewards"] == trainer.rollout_stats["samples"] == 8
     assert trainer.rollout_stats["guided_samples"] == 4  # scored 0, so every guided stage fires
+    # Not silent: a warning naming the function, and a logged share.
+    assert "reward function(s) 'none_for_all' returned None or NaN for 4 of 4 samples" in caplog.text
+    assert [h["trapo/unscorable_share"] for h in trainer.state.log_history if "trapo/unscorable_share" in h] == [1.0]
+    # A reward that can never score stops training after max_unscorable_steps such steps in a row.
+    trainer = make_trainer(
+        tmp_path / "c",
+        tokenizer,
+        reward=none_for_all,
+        max_steps=5,
+        max_unscorable_steps=2,
+        per_device_train_batch_size=8,
+    )
+    with pytest.raises(RuntimeError, match=r"no reward function could score 100% of the samples for 2 steps in a row"):
+        trainer.train()
+    assert trainer.state.global_step == 1  # stopped in the second step's rollout
+
+    def half_none(completions, **kwargs):  # some unscorable samples, below the share: trains on, counted
+        return [None if i % 2 else 1.0 for i in range(len(completions))]
+
+    trainer = make_trainer(tmp_path / "d", tokenizer, reward=half_none, max_steps=3, max_unscorable_steps=1,
+                           max_unscorable_share=0.9, per_device_train_batch_size=8)  # fmt: skip
+    trainer.train()
+    assert trainer.state.global_step == 3 and trainer.rollout_stats["unscorable_rewards"] > 0
+
+    def returns_none(completions, **kwargs):
+        return None
+
+    trainer = make_trainer(tmp_path / "e", tokenizer, reward=returns_none, per_device_train_batch_size=8)
+    with pytest.raises(ValueError, match="'returns_none' returned None instead of a list of 4 rewards"):
+        trainer.train()
 
     def three(completions, **kwargs):
         return [1.0, 0.0, 1.0]
@@ -332,3 +363,52 @@ def test_resume_exactly_at_an_epoch_boundary_trains_the_remaining_steps(tmp_path
 
 def _sampled(completions, **kwargs):
     return [float(len(c) % 3 == 0) for c in completions]
+
+
+def test_single_trace_rows_are_counted_and_warned_about(tmp_path, tiny_model, tokenizer, caplog):
+    from datasets import Dataset
+
+    rows = [{"prompt": "1+1=", "answer": "2", "expert": ["one trace"]}] * 3
+    rows += [{"prompt": "2+2=", "answer": "4", "expert": ["a", "b"]}]
+    with caplog.at_level("WARNING", logger="trapo.data.validation"):
+        TRAPOTrainer(
+            model=tiny_model,
+            reward_funcs=constant_reward(0.0),
+            args=tiny_config(tmp_path),
+            train_dataset=Dataset.from_list(rows),
+            processing_class=tokenizer,
+        )
+    assert "3 of 4 training rows have a single expert trace" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="trapo.data.validation"):  # luffy imitates the first trace: no fallback
+        TRAPOTrainer(
+            model=tiny_model,
+            reward_funcs=constant_reward(0.0),
+            args=tiny_config(tmp_path, method="luffy"),
+            train_dataset=Dataset.from_list(rows),
+            processing_class=tokenizer,
+        )
+    assert "single expert trace" not in caplog.text
+
+
+@pytest.mark.parametrize("policy", ["keep", "drop", "error"])
+def test_overlong_expert_traces_are_counted_before_training(tmp_path, tiny_model, tokenizer, caplog, policy):
+    from datasets import Dataset
+
+    rows = addition_rows(4)
+    rows[1] = {**rows[1], "expert": ["x" * 40, "short"]}  # 40 tokens + EOS > a budget of 32
+    rows[3] = {**rows[3], "expert": ["fine", "y" * 35]}  # the full-trace stage's second trace
+    args = tiny_config(tmp_path, per_device_train_batch_size=8, overlong_traces=policy, max_completion_length=32)
+    build = lambda: TRAPOTrainer(  # noqa: E731
+        model=tiny_model, reward_funcs=constant_reward(0.0), args=args,
+        train_dataset=Dataset.from_list(rows), processing_class=tokenizer,
+    )  # fmt: skip
+    if policy == "error":
+        with pytest.raises(ValueError, match=r"2 of 4 training rows have an expert trace longer than .* 40 tokens"):
+            build()
+        return
+    with caplog.at_level("WARNING", logger="trapo.data.validation"):
+        trainer = build()
+    assert "2 of 4 training rows have an expert trace longer than max_completion_length (32 tokens" in caplog.text
+    assert "the longest is 40 tokens): rows [1, 3]" in caplog.text
+    assert len(trainer.train_dataset) == (2 if policy == "drop" else 4)

@@ -57,11 +57,11 @@ def test_zero_reward_fires_every_guided_stage_and_marks_one_sft_copy_per_prefix(
     expected = tokenizer(addition_dataset[0]["expert"][1], add_special_tokens=False)["input_ids"]
     assert full == expected + [tokenizer.eos_token_id]
     assert out["tool_mask"][7][out["completion_mask"][7].bool()].sum() == 0
-    # Trace "add 1 and 2\n\nso the sum is\n\n3" is 27 tokens, breaks at 11 and 25. Stage 2 (ratio 0.25): k = 6,
-    # the break at 11 lies before 0.55·27 so the prefix ends after it. Stage 3 (0.5): k = 13, the next break (25)
-    # lies past 0.8·27, so the cut falls back to k.
+    # Trace "add 1 and 2\n\nso the sum is\n\n3" is 27 tokens, 28 with its EOS (the cut counts it, as the released
+    # code does); breaks at 11 and 25. Stage 2 (ratio 0.25): k = 7, the break at 11 lies before 0.55·28 so the prefix
+    # ends after it. Stage 3 (0.5): k = 14, the next break (25) lies past 0.8·28, so the cut falls back to k.
     assert tokenizer.decode(out["completion_ids"][4][: int(prefix_mask[4].sum())]) == "add 1 and 2\n\n"
-    assert int(prefix_mask[6].sum()) == 13
+    assert int(prefix_mask[6].sum()) == 14
     assert torch.all(out["advantages"] == 0)
 
 
@@ -157,7 +157,7 @@ def test_custom_schedule_from_config_and_grpo_sized_by_num_generations(tmp_path)
         ({"schedule": [{"n": 4}, {"n": 4, "prefix_ratio": 0.5}]}, "needs a threshold"),
         ({"schedule": [{"n": 8, "ratio": 0.5}]}, "unknown keys"),
         ({"loss_type": "grpo"}, "Dr. GRPO"),
-        ({"per_device_train_batch_size": 4}, "divisible by num_generations"),
+        ({"per_device_train_batch_size": 4}, r"\(4 × 1\) must be a multiple of num_generations \(8\): each process"),
     ],
 )
 def test_config_rejects_bad_settings(tmp_path, overrides, message):
@@ -244,3 +244,98 @@ def test_eval_mode_groups_advantages_by_num_generations_eval(tmp_path, tiny_mode
     assert 0 < rewards.sum() < 8  # mixed rewards: the grouping matters
     assert torch.allclose(out["advantages"].view(2, 4), rewards - rewards.mean(dim=1, keepdim=True))
     assert not (out["completion_mask"].bool() & ~out["tool_mask"].bool()).any()  # evaluation is never guided
+
+
+class FakeVLLM:
+    """Stands in for TRL's vLLM client: writes "12" + EOS for every request, with sampling log-prob -1 per token."""
+
+    def __init__(self, tokenizer, max_completion_length):
+        self.ids = tokenizer("12", add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+        self.max_completion_length = max_completion_length
+        self.requests = []
+
+    def sync_weights(self):
+        pass
+
+    def generate(self, prompts, images, num_generations, profiler):
+        self.requests.append(prompts)
+        n = min(len(self.ids), self.max_completion_length)
+        return None, [self.ids[:n] for _ in prompts], [[[-1.0]] * n for _ in prompts], None
+
+
+def test_vllm_importance_sampling_ratio_leaves_expert_prefixes_out(tmp_path, tiny_model, tokenizer, addition_dataset):
+    """With the correction on, a guided sample's ratio covers only what the sampler generated: prefix tokens (never
+    sampled by vLLM) have no sampling log-prob and are masked out; a full-trace sample's ratio is exactly 1."""
+    trainer = make_trainer(
+        tmp_path, tiny_model, tokenizer, addition_dataset, reward=0.0, max_completion_length=24,
+        vllm_importance_sampling_correction=True, vllm_importance_sampling_mode="sequence_truncate",
+        vllm_importance_sampling_clip_max=1e9,
+    )  # fmt: skip
+    trainer.use_vllm, trainer.vllm_importance_sampling_correction = True, True
+    trainer.vllm_generation, trainer._last_loaded_step = FakeVLLM(tokenizer, 24), 0
+    out = rollout(trainer, addition_dataset)
+    completion = out["completion_mask"].bool()
+    generated = completion & out["tool_mask"].bool()
+    prefix = completion & ~out["tool_mask"].bool()
+    assert prefix.any(dim=1).view(2, 8).tolist() == [[False] * 4 + [True] * 4] * 2  # stages 2-4 guided (reward 0)
+    # The trainer's own log-probs of the completions, independently of TRL's helper.
+    ids = torch.cat([out["prompt_ids"], out["completion_ids"]], dim=1)
+    attention = torch.cat([out["prompt_mask"], out["completion_mask"]], dim=1)
+    width = out["completion_ids"].size(1)
+    with torch.no_grad():
+        logits = trainer.model(input_ids=ids, attention_mask=attention).logits[:, -width - 1 : -1]
+    old = logits.float().log_softmax(-1).gather(-1, out["completion_ids"].unsqueeze(-1)).squeeze(-1)
+    expected = torch.exp(((old + 1.0) * generated).sum(dim=1, keepdim=True))  # sampling log-prob is -1
+    torch.testing.assert_close(out["importance_sampling_ratio"], expected, rtol=1e-4, atol=1e-5)
+    full_trace = ~generated.any(dim=1)
+    assert full_trace.sum() == 2 and torch.all(out["importance_sampling_ratio"][full_trace] == 1.0)
+
+
+def test_vllm_logprobs_are_returned_even_when_nothing_was_generated(tmp_path, tiny_model, tokenizer, addition_dataset):
+    """TRL needs the log-prob list under vLLM; a batch of full-trace samples alone has none of its own."""
+    from trapo.rollout import RolloutBatch, Sample
+
+    batch = RolloutBatch(groups=[[Sample(group=0, stage=3, prefix=[5, 6, 1])]], guided_per_stage=[0, 0, 0, 1])
+    output = TRAPOTrainer._rollout_output(batch, [[7, 8]], with_logprobs=True)
+    assert output["logprobs"] == [[None, None, None]] and output["env_mask"] == [[0, 0, 0]]
+    assert TRAPOTrainer._rollout_output(batch, [[7, 8]])["logprobs"] is None
+
+
+def test_the_default_rollout_is_auto_staged_on_cpu_speculative_on_cuda(
+    tmp_path, tiny_model, tokenizer, addition_dataset, monkeypatch
+):
+    trainer = make_trainer(tmp_path, tiny_model, tokenizer, addition_dataset)
+    assert trainer.args.rollout == "auto" and trainer.rollout_kind == "staged"
+    monkeypatch.setattr(type(trainer.accelerator), "device", property(lambda self: torch.device("cuda")))
+    assert trainer.rollout_kind == "speculative"
+    trainer.args.rollout = "staged"
+    assert trainer.rollout_kind == "staged"
+
+
+def test_the_headline_reward_is_the_policys_own(tmp_path, tiny_model, tokenizer, addition_dataset):
+    """A model that solves nothing must not show a positive `reward` because the expert samples score."""
+
+    def expert_only(completions, **kwargs):  # only the full expert trace (which starts with it) scores
+        return [1.0 if c.startswith(kwargs["expert"][i][1][:5]) else 0.0 for i, c in enumerate(completions)]
+
+    args = tiny_config(tmp_path, max_steps=1, max_completion_length=32)
+    trainer = TRAPOTrainer(
+        model=tiny_model, reward_funcs=expert_only, args=args, train_dataset=addition_dataset,
+        processing_class=tokenizer,
+    )  # fmt: skip
+    trainer.train()
+    (log,) = [h for h in trainer.state.log_history if "reward" in h]
+    assert log["reward"] == 0.0  # the policy's own samples: nothing solved
+    assert log["trapo/reward_with_guidance"] == pytest.approx(1 / 8)  # one expert sample of 8 per prompt
+    assert log["trapo/reward_unguided"] == 0.0
+
+
+def test_logged_completions_mark_where_the_expert_prefix_ends(tmp_path, tiny_model, tokenizer, addition_dataset):
+    trainer = make_trainer(
+        tmp_path, tiny_model, tokenizer, addition_dataset, reward=0.0, log_completions=True, max_completion_length=32
+    )
+    rollout(trainer, addition_dataset, num_prompts=1)
+    logged = list(trainer._logs["completion"])[-8:]
+    assert not any(TRAPOTrainer.PREFIX_END_MARK in c for c in logged[:4])  # stage 1: unguided
+    assert all(TRAPOTrainer.PREFIX_END_MARK in c for c in logged[4:])  # stages 2-4: guided (reward 0)
+    assert logged[4].startswith("add 1 and 2\n\n" + TRAPOTrainer.PREFIX_END_MARK)

@@ -14,13 +14,18 @@ import logging
 import os
 import sys
 
+from trapo.preflight import RewardError
+
 logger = logging.getLogger("trapo")
 
 COMMANDS = ("train", "eval", "prepare", "demo", "bench")
+# Errors that mean the user's input is wrong (a config, a path, a dataset, a reward): one line, no traceback.
+USER_ERRORS = (ValueError, OSError, ImportError, RewardError)
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="trapo", description="TRAPO: Trust-Region Adaptive Policy Optimization")
+    parser.add_argument("--debug", action="store_true", help="show the full traceback of an error")
     sub = parser.add_subparsers(dest="command", required=True, metavar="{" + ",".join(COMMANDS) + "}")
     for name in COMMANDS:
         module = importlib.import_module(f"trapo.commands.{name}")
@@ -43,11 +48,11 @@ def main(argv: list[str] | None = None) -> int:
     args.command_line = "trapo " + " ".join(argv)
     try:
         return int(module.run(args, extra) or 0)
-    except (ValueError, FileNotFoundError) as error:  # bad config, data or paths: the message says what to fix
-        logger.debug("traceback", exc_info=True)
-        print(f"trapo {args.command}: error: {error} (run with TRAPO_DEBUG=1 for the traceback)", file=sys.stderr)
-        if os.environ.get("TRAPO_DEBUG"):
+    except USER_ERRORS as error:  # bad config, data, paths or reward: the message says what to fix
+        if args.debug or os.environ.get("TRAPO_DEBUG"):
             raise
+        message = " ".join(str(error).split()) if "\n" not in str(error).strip() else str(error).strip()
+        print(f"trapo {args.command}: error: {message} (--debug shows the traceback)", file=sys.stderr)
         return 2
 
 

@@ -12,8 +12,17 @@ from dataclasses import dataclass, field
 
 from trl import GRPOConfig
 
-from trapo.core import PAPER_SCHEDULE, PREFIX_LOSS_KINDS, MicroGroup, parse_schedule, schedule_size
+from trapo.core import (
+    ENTROPY_TOKENS,
+    LOSS_NORMALIZATIONS,
+    PAPER_SCHEDULE,
+    PREFIX_LOSS_KINDS,
+    MicroGroup,
+    parse_schedule,
+    schedule_size,
+)
 from trapo.core.schedule import always_guided, schedule_as_data
+from trapo.rollout import ROLLOUT_CHOICES
 
 # ---------------------------------------------------------------------------------------------------- presets
 
@@ -102,7 +111,7 @@ class TRAPOConfig(GRPOConfig):
         metadata={"help": "Dataset column: ground-truth answer (a string). None if no reward function needs one."},
     )
     paragraph_boundary: str = field(
-        default="\n\n", metadata={"help": "Prefixes end after a token ending with this text when one is near."}
+        default="\n\n", metadata={"help": "Prefixes end after a token containing this text when one is near."}
     )
     prefix_lookahead: float = field(
         default=0.3, metadata={"help": "How far past ⌊ratio·len⌋ (as a share of the trace) to look for a boundary."}
@@ -115,15 +124,14 @@ class TRAPOConfig(GRPOConfig):
         },
     )
     rollout: str = field(
-        default="staged",
+        default="auto",
         metadata={
-            "help": "How the stages are generated. 'staged' (default): one generate call per stage, after the previous "
-            "stage is scored. 'speculative': one generate call per step that draws, for every prompt, each later "
-            "stage's unguided and guided candidates; the guidance decisions, taken stage by stage as before, then "
-            "pick one and the other is discarded. Every candidate is an independent draw given its context, so the "
-            "samples have the same distribution as 'staged', in one decode loop instead of up to four, at the cost "
-            "of the discarded rows (11 rows per prompt instead of 8 with the paper's schedule). See "
-            "docs/benchmarks.md for when it pays."
+            "help": "How the stages are generated. 'staged': one generate call per stage, after the previous stage is "
+            "scored. 'speculative': one generate call per step that draws, for every prompt, each later stage's "
+            "unguided and guided candidates; the guidance decisions, taken stage by stage as before, then pick one "
+            "and the other is discarded (the same samples in distribution, in one decode loop instead of up to "
+            "four, at the cost of 11 rows per prompt instead of 8). 'auto' (default): speculative where generation "
+            "runs on CUDA or vLLM, staged on CPU (docs/benchmarks.md)."
         },
     )
     max_prompt_length: int | None = field(
@@ -131,6 +139,14 @@ class TRAPOConfig(GRPOConfig):
         metadata={
             "help": "Prompt budget in tokens: a training row whose prompt is longer is an error before training "
             "starts (the paper: 1024). None = no check."
+        },
+    )
+    overlong_traces: str = field(
+        default="keep",
+        metadata={
+            "help": "Expert traces longer than max_completion_length (with their EOS), counted and reported before "
+            "training: 'keep' (warn; they are cut at the budget and the full-trace sample loses its EOS), 'drop' "
+            "(warn and drop those rows) or 'error'."
         },
     )
     reward_timeout: float | None = field(
@@ -147,6 +163,17 @@ class TRAPOConfig(GRPOConfig):
             "last error: a few are survivable, a broken reward function is not."
         },
     )
+    max_unscorable_share: float = field(
+        default=1.0,
+        metadata={
+            "help": "A step counts as unscorable when at least this share of its samples got None or NaN from every "
+            "reward function (they score 0; trapo/unscorable_share)."
+        },
+    )
+    max_unscorable_steps: int = field(
+        default=3,
+        metadata={"help": "Unscorable steps in a row after which training stops: the reward is broken."},
+    )
     skip_nonfinite_steps: bool = field(
         default=True,
         metadata={
@@ -158,11 +185,43 @@ class TRAPOConfig(GRPOConfig):
     loss_type: str = field(default="dr_grpo", metadata={"help": "Only 'dr_grpo' is supported by TRAPOTrainer."})
     scale_rewards: str = field(default="none", metadata={"help": "'none': Â = r − mean; 'group': also ÷ std."})
     entropy_coef: float = field(default=0.001, metadata={"help": "Entropy bonus coefficient (reference: 0.001)."})
+    loss_normalization: str = field(
+        default="batch_budget",
+        metadata={
+            "help": "What the token-summed loss is divided by. 'batch_budget': micro-batch size × "
+            "max_completion_length, then ÷ gradient-accumulation steps (TRL's Dr. GRPO: a per-token-slot average). "
+            "'sequence_budget': max_completion_length only, summed over micro-batches (the released code: the "
+            "loss, and so what max_grad_norm clips, grows with the number of sequences per process)."
+        },
+    )
+    entropy_tokens: str = field(
+        default="loss",
+        metadata={
+            "help": "Tokens the entropy bonus averages over, per micro-batch: 'loss' (those that carry a loss) or "
+            "'response' (every response token, expert prefixes included: the released code)."
+        },
+    )
+    vllm_importance_sampling_correction: bool = field(
+        default=False,
+        metadata={
+            "help": "Correct for the vLLM sampler/trainer mismatch (TRL's option, on by default in TRL, off here: "
+            "neither the paper nor its released code has it). When on, expert-prefix tokens, which vLLM never "
+            "sampled, are left out of the ratio."
+        },
+    )
     remove_unused_columns: bool | None = field(
         default=False, metadata={"help": "Kept False: the trainer needs the expert and answer columns."}
     )
 
     def __post_init__(self):
+        # Before TRL's own checks, whose message speaks of generation_batch_size: each process needs whole groups.
+        steps = self.steps_per_generation or self.gradient_accumulation_steps
+        if self.generation_batch_size is None and (self.per_device_train_batch_size * steps) % self.num_generations:
+            raise ValueError(
+                f"per_device_train_batch_size × steps_per_generation ({self.per_device_train_batch_size} × {steps}) "
+                f"must be a multiple of num_generations ({self.num_generations}): each process must hold whole "
+                "prompt groups, because the guidance decisions of a prompt need all its samples"
+            )
         super().__post_init__()
         if self.sft_loss is not None:
             warnings.warn(
@@ -199,8 +258,21 @@ class TRAPOConfig(GRPOConfig):
             raise ValueError(
                 f"TRAPOTrainer implements the Dr. GRPO normalisation only; got loss_type={self.loss_type!r}"
             )
-        if self.rollout not in ("staged", "speculative"):
-            raise ValueError(f"rollout must be 'staged' or 'speculative', got {self.rollout!r}")
+        if self.rollout not in ROLLOUT_CHOICES:
+            raise ValueError(f"rollout must be one of {ROLLOUT_CHOICES}, got {self.rollout!r}")
+        if self.loss_normalization not in LOSS_NORMALIZATIONS:
+            raise ValueError(
+                f"loss_normalization must be one of {LOSS_NORMALIZATIONS}, got {self.loss_normalization!r}"
+            )
+        if self.entropy_tokens not in ENTROPY_TOKENS:
+            raise ValueError(f"entropy_tokens must be one of {ENTROPY_TOKENS}, got {self.entropy_tokens!r}")
+        if not 0.0 < self.max_unscorable_share <= 1.0 or self.max_unscorable_steps < 1:
+            raise ValueError(
+                "max_unscorable_share must be in (0, 1] and max_unscorable_steps >= 1, got "
+                f"{self.max_unscorable_share} and {self.max_unscorable_steps}"
+            )
+        if self.overlong_traces not in ("keep", "drop", "error"):
+            raise ValueError(f"overlong_traces must be 'keep', 'drop' or 'error', got {self.overlong_traces!r}")
         if self.max_reward_failures < 1:
             raise ValueError(f"max_reward_failures must be >= 1, got {self.max_reward_failures}")
         if self.scale_rewards not in ("none", "group"):

@@ -14,6 +14,8 @@ from typing import Any
 
 import torch
 
+from trapo.preflight import RewardError
+
 logger = logging.getLogger(__name__)
 
 # ---------------------------------------------------------------- reward calls
@@ -73,7 +75,7 @@ class BoundedRewardCalls:
             self.stats[f"reward_{kind}"] += 1
             self.consecutive_failures += 1
             if self.consecutive_failures >= self.max_failures:
-                raise RuntimeError(
+                raise RewardError(
                     f"reward function {name!r} failed {self.consecutive_failures} calls in a row; last: "
                     f"{type(error).__name__}: {error}. Fix the function or raise max_reward_failures"
                 ) from error
@@ -86,12 +88,69 @@ class BoundedRewardCalls:
             )
             return [0.0] * count
         self.consecutive_failures = 0
-        if values is None or len(values) != count:
+        if values is None or isinstance(values, str) or not hasattr(values, "__len__"):
             raise ValueError(
-                f"reward function {name!r} returned {0 if values is None else len(values)} rewards for {count} "
-                "completions"
+                f"reward function {name!r} returned {values!r:.60} instead of a list of {count} rewards (one per "
+                "completion; None inside the list marks a completion it cannot score)"
             )
+        if len(values) != count:
+            raise ValueError(f"reward function {name!r} returned {len(values)} rewards for {count} completions")
         return values
+
+
+class UnscorableRewards:
+    """Samples no reward function could score (every function gave None or NaN) must not train silently as zeros.
+
+    Under TRAPO a prompt whose samples all score 0 gets the whole expert trace, so a reward that returns None for
+    everything quietly turns the run into SFT while the loss looks normal. This guard counts such samples per step
+    (``unscorable_rewards`` in the trainer's stats, ``trapo/unscorable_share`` in its logs), warns once with the
+    reward functions' names and an example, and stops training after ``max_steps`` consecutive steps in which at least
+    ``max_share`` of the samples were unscorable.
+    """
+
+    def __init__(self, max_share: float, max_steps: int, stats: Counter):
+        self.max_share, self.max_steps, self.stats = max_share, max_steps, stats
+        self.step_total = self.step_unscorable = self.consecutive = 0
+        self.warned = False
+
+    def observe(self, per_func: torch.Tensor, names: list[str], completions: list) -> torch.Tensor:
+        """``per_func`` (samples × functions) with None/NaN as 0; counts and reports the unscorable samples."""
+        unscorable = per_func.isnan().all(dim=1)
+        count = int(unscorable.sum())
+        self.step_total += len(unscorable)
+        self.step_unscorable += count
+        self.stats["unscorable_rewards"] += count
+        if count and not self.warned:
+            self.warned = True
+            example = completions[int(unscorable.nonzero()[0, 0])]
+            logger.warning(
+                "reward function(s) %s returned None or NaN for %d of %d samples (e.g. for the completion %.120r): "
+                "they score 0 (counted in trapo/unscorable_share). Training stops after %d steps in a row with at "
+                "least %.0f%% unscorable samples (max_unscorable_steps, max_unscorable_share)",
+                ", ".join(repr(n) for n in names),
+                count,
+                len(unscorable),
+                example,
+                self.max_steps,
+                100 * self.max_share,
+            )
+        return per_func.nan_to_num(0.0)
+
+    def end_step(self, global_unscorable: int | None = None, global_total: int | None = None) -> float:
+        """Close a step: its unscorable share (over every process when the totals are given); raises when the reward
+        has been unusable for ``max_steps`` steps in a row."""
+        bad = self.step_unscorable if global_unscorable is None else global_unscorable
+        total = self.step_total if global_total is None else global_total
+        self.step_total = self.step_unscorable = 0
+        share = bad / total if total else 0.0
+        self.consecutive = self.consecutive + 1 if bad and share >= self.max_share else 0
+        if self.consecutive >= self.max_steps:
+            raise RewardError(
+                f"no reward function could score {share:.0%} of the samples for {self.consecutive} steps in a row "
+                "(they returned None or NaN): training on that signal would teach nothing but imitation. Fix the "
+                "reward function, or raise max_unscorable_steps / max_unscorable_share"
+            )
+        return share
 
 
 # ---------------------------------------------------------------- non-finite steps

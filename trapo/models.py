@@ -86,6 +86,31 @@ def _check_overrides(path: Path, rope_theta: float | None, max_position_embeddin
         raise RuntimeError(f"{path}: max_position_embeddings reads back as {loaded.max_position_embeddings}")
 
 
+def load_tokenizer(path: str, trust_remote_code: bool = False, chat_template_file: str | None = None):
+    """``AutoTokenizer`` from ``path``; ``chat_template_file`` replaces its chat template.
+
+    The template is set on the tokenizer, which the trainers save with every checkpoint, so the trained model carries
+    the template it was trained with and ``trapo eval`` uses it by default.
+    """
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+    if chat_template_file:
+        tokenizer.chat_template = Path(chat_template_file).read_text()
+    return tokenizer
+
+
+def load_model(path: str, dtype: str = "auto", attn_implementation: str | None = None, trust_remote_code: bool = False):
+    """``AutoModelForCausalLM`` from ``path`` in ``dtype`` (``auto``: the checkpoint's)."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    kwargs = {"dtype": dtype if dtype == "auto" else getattr(torch, dtype), "trust_remote_code": trust_remote_code}
+    if attn_implementation:
+        kwargs["attn_implementation"] = attn_implementation
+    return AutoModelForCausalLM.from_pretrained(path, **kwargs)
+
+
 def load_model_and_tokenizer(
     path: str,
     dtype: str = "auto",
@@ -93,19 +118,6 @@ def load_model_and_tokenizer(
     trust_remote_code: bool = False,
     chat_template_file: str | None = None,
 ):
-    """``AutoModelForCausalLM`` + ``AutoTokenizer`` from ``path``; ``chat_template_file`` replaces the template.
-
-    The template is set on the tokenizer, which the trainers save with every checkpoint, so the trained model carries
-    the template it was trained with and ``trapo eval`` uses it by default.
-    """
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
-    if chat_template_file:
-        tokenizer.chat_template = Path(chat_template_file).read_text()
-    kwargs = {"dtype": dtype if dtype == "auto" else getattr(torch, dtype), "trust_remote_code": trust_remote_code}
-    if attn_implementation:
-        kwargs["attn_implementation"] = attn_implementation
-    model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
-    return model, tokenizer
+    """`load_model` and `load_tokenizer` from one path."""
+    tokenizer = load_tokenizer(path, trust_remote_code, chat_template_file)
+    return load_model(path, dtype, attn_implementation, trust_remote_code), tokenizer

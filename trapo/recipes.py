@@ -42,6 +42,7 @@ def train_sft_then_grpo(
     save_final: bool = False,
     resume=None,
     callbacks: list | None = None,
+    on_phase_start: PhaseHook | None = None,
     on_phase_end: PhaseHook | None = None,
 ):
     """The SFT→RL baseline: SFT on the expert traces, then GRPO (`TRAPOTrainer`, method="grpo") on the same model.
@@ -56,13 +57,14 @@ def train_sft_then_grpo(
     differ = [k for k in ("bf16", "fp16", "use_cpu") if getattr(sft_args, k) != getattr(grpo_args, k)]
     if differ:
         raise ValueError(f"sft_args and grpo_args must agree on {differ}: both phases share one accelerate state")
+    hooks = (on_phase_start, on_phase_end)
     rl_resume, sft_resume = resume, None
     if resume is True:
         rl_resume = True if last_complete_checkpoint(grpo_args.output_dir) else None
         sft_resume = True if rl_resume is None and last_complete_checkpoint(sft_args.output_dir) else None
     if rl_resume is None:
-        model = _run_sft(model, tokenizer, dataset, sft_args, save_final, sft_resume, callbacks, on_phase_end)
-    return _run_rl(model, tokenizer, dataset, reward_funcs, grpo_args, save_final, rl_resume, callbacks, on_phase_end)
+        model = _run_sft(model, tokenizer, dataset, sft_args, save_final, sft_resume, callbacks, hooks)
+    return _run_rl(model, tokenizer, dataset, reward_funcs, grpo_args, save_final, rl_resume, callbacks, hooks)
 
 
 def train_method(
@@ -77,14 +79,16 @@ def train_method(
     save_final: bool = False,
     resume: bool | str | None = None,
     callbacks: list | None = None,
+    on_phase_start: PhaseHook | None = None,
     on_phase_end: PhaseHook | None = None,
 ):
     """Run any method by name (`METHODS`) and return the trained model.
 
     ``save_final`` saves each phase's final model and tokenizer to its ``output_dir`` (``trapo train`` does).
     ``resume``: True resumes from the last complete checkpoint in the output folder, a path from that checkpoint.
-    ``callbacks`` are given to every phase's trainer; ``on_phase_end(phase, trainer)`` is called after each phase
-    (``"sft"`` or ``"rl"``) with its trained trainer, e.g. to read its ``log_history`` or ``rollout_stats``.
+    ``callbacks`` are given to every phase's trainer; ``on_phase_start(phase, trainer)`` is called with each phase's
+    trainer (``"sft"`` or ``"rl"``) before it trains, ``on_phase_end(phase, trainer)`` after, e.g. to read its
+    ``log_history`` or ``rollout_stats``.
     """
     steps = phases(method)
     if "sft" in steps and sft_args is None:
@@ -93,26 +97,22 @@ def train_method(
         raise ValueError(f"method {method!r} needs rl_args=TRAPOConfig(method=...) and reward_funcs")
     if "rl" in steps and rl_args.method != rl_method(method):
         raise ValueError(f"rl_args.method is {rl_args.method!r} but method {method!r} was asked for")
+    hooks = (on_phase_start, on_phase_end)
     if method == "sft":
-        return _run_sft(model, tokenizer, dataset, sft_args, save_final, resume, callbacks, on_phase_end)
+        return _run_sft(model, tokenizer, dataset, sft_args, save_final, resume, callbacks, hooks)
     if method == "sft-then-grpo":
         return train_sft_then_grpo(
-            model, tokenizer, dataset, reward_funcs, sft_args, rl_args, save_final, resume, callbacks, on_phase_end
+            model, tokenizer, dataset, reward_funcs, sft_args, rl_args, save_final, resume, callbacks, *hooks
         )
-    return _run_rl(model, tokenizer, dataset, reward_funcs, rl_args, save_final, resume, callbacks, on_phase_end)
+    return _run_rl(model, tokenizer, dataset, reward_funcs, rl_args, save_final, resume, callbacks, hooks)
 
 
-def _run_sft(model, tokenizer, dataset, args, save_final, resume, callbacks, on_phase_end):
+def _run_sft(model, tokenizer, dataset, args, save_final, resume, callbacks, hooks):
     trainer = sft_trainer(model, tokenizer, dataset, args, callbacks=callbacks)
-    trainer.train(resume_from_checkpoint=resume)
-    if save_final:
-        trainer.save_model()
-    if on_phase_end is not None:
-        on_phase_end("sft", trainer)
-    return trainer.model
+    return _train_phase("sft", trainer, save_final, resume, hooks)
 
 
-def _run_rl(model, tokenizer, dataset, reward_funcs, args, save_final, resume, callbacks, on_phase_end):
+def _run_rl(model, tokenizer, dataset, reward_funcs, args, save_final, resume, callbacks, hooks):
     from trapo.trainer import TRAPOTrainer
 
     trainer = TRAPOTrainer(
@@ -123,9 +123,16 @@ def _run_rl(model, tokenizer, dataset, reward_funcs, args, save_final, resume, c
         processing_class=tokenizer,
         callbacks=callbacks,
     )
+    return _train_phase("rl", trainer, save_final, resume, hooks)
+
+
+def _train_phase(phase: str, trainer, save_final: bool, resume, hooks: tuple):
+    on_start, on_end = hooks
+    if on_start is not None:
+        on_start(phase, trainer)
     trainer.train(resume_from_checkpoint=resume)
     if save_final:
         trainer.save_model()
-    if on_phase_end is not None:
-        on_phase_end("rl", trainer)
+    if on_end is not None:
+        on_end(phase, trainer)
     return trainer.model

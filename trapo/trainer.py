@@ -33,8 +33,9 @@ from trapo.checkpointing import CrashSafeCheckpoints
 from trapo.config import TRAPOConfig
 from trapo.core import MicroGroup, group_advantages, mixed_loss
 from trapo.data.validation import validate_training_inputs
-from trapo.guards import BoundedRewardCalls, skip_nonfinite_steps
-from trapo.rollout import ROLLOUTS, ExpertPrefix, RolloutBatch, whole_groups
+from trapo.guards import BoundedRewardCalls, UnscorableRewards, skip_nonfinite_steps
+from trapo.logs import RolloutLogs
+from trapo.rollout import ROLLOUTS, ExpertPrefix, RolloutBatch, choose_rollout, whole_groups
 
 logger = logging.getLogger(__name__)
 
@@ -48,7 +49,7 @@ class _PendingRollout:
     filler: list[int] | None = None  # a context to pad this process's generate calls with (a prompt of its own)
 
 
-class TRAPOTrainer(CrashSafeCheckpoints, GRPOTrainer):
+class TRAPOTrainer(CrashSafeCheckpoints, RolloutLogs, GRPOTrainer):
     """GRPO with adaptive expert guidance: staged micro-group rollouts and trust-region SFT on prefixes.
 
     Dataset rows need ``prompt`` (text or chat messages), the expert column (a list of ≥ 1 solution strings)
@@ -72,7 +73,7 @@ class TRAPOTrainer(CrashSafeCheckpoints, GRPOTrainer):
             raise TypeError(f"args must be a TRAPOConfig, got {type(args).__name__}")
         if kwargs.get("rollout_func") is not None:
             raise ValueError("TRAPOTrainer supplies its own rollout_func (the staged micro-group sampler)")
-        validate_training_inputs(train_dataset, kwargs.get("processing_class"), args)
+        train_dataset = validate_training_inputs(train_dataset, kwargs.get("processing_class"), args)
         kwargs["rollout_func"] = self._rollout
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*'rollout_func'.*experimental")
@@ -90,6 +91,7 @@ class TRAPOTrainer(CrashSafeCheckpoints, GRPOTrainer):
         # Cumulative rollout counters (benchmarks and the demo read them); saved in checkpoints.
         self.rollout_stats: Counter = Counter()
         self._reward_calls = BoundedRewardCalls(args.reward_timeout, args.max_reward_failures, self.rollout_stats)
+        self._unscorable = UnscorableRewards(args.max_unscorable_share, args.max_unscorable_steps, self.rollout_stats)
 
     # ------------------------------------------------------------------ reliability
 
@@ -154,6 +156,9 @@ class TRAPOTrainer(CrashSafeCheckpoints, GRPOTrainer):
         rewards = torch.tensor([x.reward for x in batch.samples], dtype=torch.float32)
         advantages = group_advantages(rewards, batch.group_ids, scale=self.args.scale_rewards == "group")
         output["advantages"] = advantages.to(output["advantages"].device)
+        self._headline_reward(batch)
+        if self.args.log_completions:
+            self._mark_prefixes_in_logged_completions(batch)
         return output
 
     def _calculate_rewards(self, inputs, prompts, completions, completion_ids_list):
@@ -182,7 +187,17 @@ class TRAPOTrainer(CrashSafeCheckpoints, GRPOTrainer):
         # Cumulative failed reward calls (timeouts + exceptions) of this process, scored 0 (docs/errors.md).
         failures = self.rollout_stats["reward_timeouts"] + self.rollout_stats["reward_errors"]
         self._log_mean(mode, "trapo/reward_failures", failures)
-        return self._rollout_output(batch, prompt_ids)
+        counts = torch.tensor(
+            [self._unscorable.step_unscorable, self._unscorable.step_total], device=self.accelerator.device
+        )
+        unscorable, total = (int(x) for x in self.accelerator.reduce(counts, reduction="sum"))
+        self._metrics[mode]["trapo/unscorable_share"].append(self._unscorable.end_step(unscorable, total))
+        return self._rollout_output(batch, prompt_ids, with_logprobs=self.use_vllm)
+
+    @property
+    def rollout_kind(self) -> str:
+        """The rollout this trainer runs: ``args.rollout``, with ``auto`` resolved for where generation runs."""
+        return choose_rollout(self.args.rollout, self.accelerator.device.type, self.use_vllm)
 
     def _make_rollout(self, stages, chat: bool):
         expert_prefix = ExpertPrefix(
@@ -194,7 +209,7 @@ class TRAPOTrainer(CrashSafeCheckpoints, GRPOTrainer):
             self.args.second_trace_for_full,
             self.args.expert_column,
         )
-        rollout_class = ROLLOUTS[self.args.rollout if len(stages) > 1 else "staged"]
+        rollout_class = ROLLOUTS[self.rollout_kind if len(stages) > 1 else "staged"]
         return rollout_class(
             stages,
             expert_prefix,
@@ -205,8 +220,10 @@ class TRAPOTrainer(CrashSafeCheckpoints, GRPOTrainer):
         )
 
     @staticmethod
-    def _rollout_output(batch: RolloutBatch, prompt_ids) -> dict[str, Any]:
-        """The batch in TRL's ``rollout_func`` format: the prefix is external to the model (``env_mask`` 0)."""
+    def _rollout_output(batch: RolloutBatch, prompt_ids, with_logprobs: bool = False) -> dict[str, Any]:
+        """The batch in TRL's ``rollout_func`` format: the prefix is external to the model (``env_mask`` 0), and has no
+        sampling log-probs (None), so it never enters vLLM's importance-sampling ratio. With vLLM, log-probs are
+        always returned, even when no sample of this process generated anything (TRL needs the list)."""
         samples = batch.samples
         output = {
             "prompt_ids": [list(prompt_ids[x.group]) for x in samples],
@@ -214,18 +231,19 @@ class TRAPOTrainer(CrashSafeCheckpoints, GRPOTrainer):
             "env_mask": [[0] * len(x.prefix) + [1] * len(x.continuation) for x in samples],
             "logprobs": None,
         }
-        if any(x.logprobs is not None for x in samples):
+        if with_logprobs or any(x.logprobs is not None for x in samples):
             output["logprobs"] = [
                 [None] * len(x.prefix) + (x.logprobs or [None] * len(x.continuation)) for x in samples
             ]
         return output
 
     def _paragraph_boundary_ids(self) -> frozenset[int]:
-        """Ids of every vocabulary token whose text ends with the paragraph boundary (computed once)."""
+        """Ids of every vocabulary token whose text contains the paragraph boundary, as the released code matches
+        them (computed once)."""
         if self._boundary_ids is None:
             boundary = self.args.paragraph_boundary
             texts = self._tokenizer.batch_decode([[i] for i in range(len(self._tokenizer))])
-            self._boundary_ids = frozenset(i for i, t in enumerate(texts) if t.endswith(boundary))
+            self._boundary_ids = frozenset(i for i, t in enumerate(texts) if boundary in t)
         return self._boundary_ids
 
     def _generate_contexts(self, contexts: list[list[int]], max_new: int):
@@ -294,10 +312,7 @@ class TRAPOTrainer(CrashSafeCheckpoints, GRPOTrainer):
                 **columns,
             )
             per_func[:, j] = torch.tensor([math.nan if v is None else float(v) for v in values])
-        unscorable = per_func.isnan()
-        if unscorable.any():
-            self.rollout_stats["unscorable_rewards"] += int(unscorable.sum())
-            per_func = per_func.nan_to_num(0.0)
+        per_func = self._unscorable.observe(per_func, list(self.reward_func_names), texts)
         totals = (per_func * self.reward_weights.cpu()).sum(dim=1)
         return totals.tolist(), per_func.tolist()
 
@@ -339,10 +354,12 @@ class TRAPOTrainer(CrashSafeCheckpoints, GRPOTrainer):
             entropies=entropies,
             entropy_coef=self.args.entropy_coef,
             pg_weights=pg_weights,
+            loss_normalization=self.args.loss_normalization,
+            entropy_tokens=self.args.entropy_tokens,
         )
         mode = "train" if self.model.training else "eval"
-        if mode == "train":
-            loss = loss / self.current_gradient_accumulation_steps
+        if mode == "train" and self.args.loss_normalization == "batch_budget":
+            loss = loss / self.current_gradient_accumulation_steps  # sequence_budget sums over micro-batches
         for name, value in metrics.items():
             self._log_mean(mode, "entropy" if name == "entropy" else f"trapo/{name}", value)
         return loss

@@ -20,13 +20,15 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import importlib
 import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import UnionType
 
 import yaml
+
+from trapo.data.text import PROMPT_STYLES
 
 HELP = "train with a YAML config (TRL style): trapo train --config configs/trapo_qwen2.5_math_7b.yaml"
 DESCRIPTION = (
@@ -39,7 +41,11 @@ ACCEPTS_EXTRA_ARGS = True  # TRL-style `--field value` overrides, parsed by TrlP
 # phase reads them from `sft:` (TRAPOConfig.sft_loss is the deprecated name of the prefix loss, TRAPOSFTConfig.sft_loss
 # the SFT baseline's loss).
 RL_ONLY_KEYS = frozenset({"loss_type", "sft_loss"})
-REWARDS = {"math": "trapo.rewards.math:math_reward", "chains": "trapo.tasks.chains:chain_reward"}
+REWARDS = {
+    "math": "trapo.rewards.math:math_reward",
+    "math_think": "trapo.rewards.math:math_think_reward",  # LUFFY's: "</think>" required, the answer after it
+    "chains": "trapo.tasks.chains:chain_reward",
+}
 
 
 @dataclass
@@ -61,10 +67,19 @@ class TrainScriptArguments:
         default="think",
         metadata={"help": "verl/LUFFY traces: 'think' keeps the reasoning inside <think>…</think>, 'full' all of it."},
     )
+    prompt_style: str = field(
+        default="dataset",
+        metadata={
+            "help": "'dataset': the rows' prompts as they are; 'trapo': rebuilt from the problem as TRAPO's released "
+            "code does (system 'You are a helpful assistant.', the boxed-answer instruction appended; render with "
+            "configs/chat_templates/qwen_plain.jinja)."
+        },
+    )
     reward: str = field(
         default="math",
         metadata={
-            "help": "Reward function(s), comma-separated: 'math' (Math-Verify), 'chains' (the built-in task) or "
+            "help": "Reward function(s), comma-separated: 'math' (Math-Verify on the boxed answer), 'math_think' "
+            "(LUFFY's: a closed </think> and a verified answer after it), 'chains' (the built-in task) or "
             "'module:function'."
         },
     )
@@ -95,6 +110,23 @@ class TrainPlan:
     script: TrainScriptArguments
     rl_args: object | None = None
     sft_args: object | None = None
+    config_dir: str = "."  # custom reward modules are looked up here first
+
+    def rewards(self) -> list | None:
+        """The reward functions of the RL phase (None for ``sft``), imported now: a typo fails before any load."""
+        from trapo.recipes import phases
+
+        return resolve_rewards(self.script.reward, (self.config_dir,)) if "rl" in phases(self.method) else None
+
+    def preflight(self) -> None:
+        """What can be checked before loading anything: rewards importable, model folder present, outputs writable."""
+        from trapo.preflight import check_model_path, check_writable
+
+        self.rewards()
+        check_model_path(self.script.model_name_or_path)
+        for args in (self.rl_args, self.sft_args):
+            if args is not None:
+                check_writable(args.output_dir)
 
 
 def _field_names(cls) -> set[str]:
@@ -179,6 +211,9 @@ def load_train_plan(config_path: str | None = None, argv: list[str] | None = Non
         raise ValueError(
             f"unknown config key(s) {unknown}: not a field of TrainScriptArguments, TRAPOConfig or TRAPOSFTConfig"
         )
+    classes = (TrainScriptArguments, TRAPOConfig, TRAPOSFTConfig)
+    check_types(config, classes)
+    check_types(sft_only, (TRAPOSFTConfig,), prefix="sft.")
 
     built, leftovers = {}, []
     if "rl" in steps:
@@ -209,11 +244,66 @@ def load_train_plan(config_path: str | None = None, argv: list[str] | None = Non
         raise ValueError(f"the config must set {missing}")
     if script.expert_format not in ("think", "full"):
         raise ValueError(f"expert_format must be 'think' or 'full', got {script.expert_format!r}")
+    if script.prompt_style not in PROMPT_STYLES:
+        raise ValueError(f"prompt_style must be one of {PROMPT_STYLES}, got {script.prompt_style!r}")
     if "rl" in steps:
         for spec in reward_specs(script.reward):
             if spec not in REWARDS and ":" not in spec:
-                raise ValueError(f"reward {spec!r}: use math, chains or module:function")
-    return TrainPlan(method, script, built.get("rl"), built.get("sft"))
+                raise ValueError(f"reward {spec!r}: use {', '.join(REWARDS)} or module:function")
+    return TrainPlan(method, script, built.get("rl"), built.get("sft"), config_dir=str(Path(config_path or ".").parent))
+
+
+def check_types(config: dict, classes, prefix: str = "") -> None:
+    """Refuse a YAML value of the wrong type with one line naming the key and the expected type (argparse would
+    print its whole usage instead). Strings that argparse would convert (``"1e-6"`` for a float) pass; types this
+    cannot check (lists, dicts, enums) are left to the configs."""
+    import typing
+
+    hints: dict = {}
+    for cls in reversed(classes):
+        hints.update(typing.get_type_hints(cls))
+    for key, value in config.items():
+        expected = hints.get(key)
+        if expected is None or value is None:
+            continue
+        union = typing.get_origin(expected) in (typing.Union, UnionType)
+        allowed = [a for a in (typing.get_args(expected) if union else (expected,)) if a is not type(None)]
+        if not allowed or any(a not in _TYPE_CHECKS for a in allowed):
+            continue  # a list, dict or enum among the allowed types: not checked here
+        if not any(_TYPE_CHECKS[a][0](value) for a in allowed):
+            names = " or ".join(_TYPE_CHECKS[a][1] for a in allowed)
+            raise ValueError(f"config key {prefix}{key!r}: expected {names}, got {value!r} ({type(value).__name__})")
+
+
+def _converts(kind, value) -> bool:
+    try:
+        kind(value)
+    except (TypeError, ValueError):
+        return False
+    return True
+
+
+def _is_bool(value) -> bool:
+    return isinstance(value, bool) or (isinstance(value, str) and value.lower() in {"true", "false", "yes", "no"})
+
+
+def _is_int(value) -> bool:
+    return (isinstance(value, int) and not isinstance(value, bool)) or (
+        isinstance(value, str) and _converts(int, value)
+    )
+
+
+def _is_float(value) -> bool:
+    number = isinstance(value, int | float) and not isinstance(value, bool)
+    return number or (isinstance(value, str) and _converts(float, value))
+
+
+_TYPE_CHECKS = {
+    bool: (_is_bool, "true/false"),
+    int: (_is_int, "an integer"),
+    float: (_is_float, "a number"),
+    str: (lambda value: isinstance(value, str), "a string"),
+}
 
 
 def _without(args: list[str], name: str) -> list[str]:
@@ -227,13 +317,12 @@ def reward_specs(spec: str | list[str]) -> list[str]:
     return [s.strip() for s in items if s.strip()]
 
 
-def resolve_rewards(spec: str | list[str]) -> list:
-    """Reward callables from ``math``, ``chains`` or ``module:function`` names."""
-    funcs = []
-    for name in reward_specs(spec):
-        module, _, attr = REWARDS.get(name, name).partition(":")
-        funcs.append(getattr(importlib.import_module(module), attr))
-    return funcs
+def resolve_rewards(spec: str | list[str], search: tuple = ()) -> list:
+    """Reward callables from built-in names (`REWARDS`) or ``module:function`` (looked up in ``search`` folders, the
+    working directory and the installed packages)."""
+    from trapo.preflight import import_reward
+
+    return [import_reward(REWARDS.get(name, name), search) for name in reward_specs(spec)]
 
 
 def describe_plan(plan: TrainPlan) -> str:
@@ -258,9 +347,13 @@ def run_train(plan: TrainPlan, resume: bool | str | None = None) -> int:
     from accelerate import PartialState
 
     from trapo.data import load_training_rows
-    from trapo.models import load_model_and_tokenizer, with_context_overrides
-    from trapo.recipes import phases, train_method
+    from trapo.data.text import restyle_prompt
+    from trapo.models import load_model, load_tokenizer, with_context_overrides
+    from trapo.preflight import check_chat_template
+    from trapo.recipes import train_method
 
+    plan.preflight()
+    rewards = plan.rewards()
     script = plan.script
     first = plan.sft_args if plan.sft_args is not None else plan.rl_args
     with PartialState().local_main_process_first():  # one writer per node; the others find the view ready
@@ -279,10 +372,11 @@ def run_train(plan: TrainPlan, resume: bool | str | None = None) -> int:
         answer_column=getattr(plan.rl_args, "answer_column", "answer"),
         expert_format=script.expert_format,
     )
-    model, tokenizer = load_model_and_tokenizer(
-        model_path, script.dtype, script.attn_implementation, first.trust_remote_code, script.chat_template_file
-    )
-    rewards = resolve_rewards(script.reward) if "rl" in phases(plan.method) else None
+    if script.prompt_style != "dataset":
+        dataset = dataset.map(lambda row: {"prompt": restyle_prompt(row["prompt"], script.prompt_style)})
+    tokenizer = load_tokenizer(model_path, first.trust_remote_code, script.chat_template_file)
+    check_chat_template(tokenizer, dataset[0]["prompt"])
+    model = load_model(model_path, script.dtype, script.attn_implementation, first.trust_remote_code)
     train_method(
         plan.method,
         model,
@@ -318,6 +412,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace, extra: list[str]) -> int:
     plan = load_train_plan(args.config, extra)
     if args.dry_run:
+        plan.rewards()  # importable, or the dry run fails as the real one would
         print(describe_plan(plan))
         return 0
     return run_train(plan, resume=args.resume)
