@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.trapo-installed
 
-.PHONY: setup test test-fast lint demo demo-quick clean
+.PHONY: setup test test-fast lint demo demo-quick clean layout
 
 setup: $(STAMP)
 
@@ -34,3 +34,6 @@ demo-quick: setup
 
 clean:
 	rm -rf $(VENV) .pytest_cache build *.egg-info
+
+layout: setup
+	$(BIN)/python tools/readme_layout.py --write

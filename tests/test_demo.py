@@ -62,7 +62,7 @@ def test_demo_settings_reject_bad_values():
 
 
 def test_every_method_and_sweep_value_runs_on_every_seed():
-    settings = DemoSettings(methods=("trapo", "grpo"), seeds=2, sweep={"alpha": (0.01, 0.3)})
+    settings = DemoSettings(methods=("trapo", "grpo"), seeds=2, sweep={"alpha": (0.01, 0.1, 0.3)})  # 0.1: trapo's
     assert settings.runs() == [
         ("trapo", 0, {}),
         ("grpo", 0, {}),
@@ -100,3 +100,11 @@ def test_summary_and_paired_difference_over_seeds():
     assert diff["mean"] == pytest.approx(0.5) and diff["std"] == pytest.approx(0.1) and diff["n"] == 3
     table = format_table({"summary": summary, "base": {"tier_5": 0.0, "hard": 0.0}, "hard_tiers": [5]})
     assert "| trapo | 0.60 ± 0.10 | 0.60 ± 0.10 |" in table and "5 digits (hard)" in table
+
+
+def test_a_swept_value_overrides_the_demo_setting(tmp_path):
+    from trapo.demo.runner import method_args
+
+    configs = method_args("trapo", 0, DemoSettings(alpha=0.1), tmp_path, overrides={"alpha": 0.3})
+    assert configs["rl_args"].alpha == 0.3
+    assert method_args("trapo", 0, DemoSettings(alpha=0.1), tmp_path)["rl_args"].alpha == 0.1

@@ -18,7 +18,7 @@ from trapo.preflight import RewardError
 
 logger = logging.getLogger("trapo")
 
-COMMANDS = ("train", "eval", "prepare", "demo", "bench")
+COMMANDS = ("train", "eval", "prepare", "demo", "bench", "tiny-model")
 # Errors that mean the user's input is wrong (a config, a path, a dataset, a reward): one line, no traceback.
 USER_ERRORS = (ValueError, OSError, ImportError, RewardError)
 
@@ -28,7 +28,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--debug", action="store_true", help="show the full traceback of an error")
     sub = parser.add_subparsers(dest="command", required=True, metavar="{" + ",".join(COMMANDS) + "}")
     for name in COMMANDS:
-        module = importlib.import_module(f"trapo.commands.{name}")
+        module = importlib.import_module(f"trapo.commands.{name.replace('-', '_')}")
         p = sub.add_parser(
             name, help=module.HELP, description=getattr(module, "DESCRIPTION", module.HELP), allow_abbrev=False
         )

@@ -16,6 +16,21 @@ DESCRIPTION = (
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", required=True, help="model folder or Hub id")
     p.add_argument(
+        "--data",
+        action="append",
+        default=[],
+        metavar="FILE",
+        help="held-out rows of your own (prompt, answer; .jsonl/.parquet), instead of the math benchmarks; repeatable",
+    )
+    p.add_argument(
+        "--reward",
+        default=None,
+        metavar="MODULE:FUNCTION",
+        help="grade with your TRL reward function (a sample is correct when it scores >= --reward-threshold) "
+        "instead of Math-Verify on the boxed answer",
+    )
+    p.add_argument("--reward-threshold", type=float, default=0.5, help="reward at which a sample counts as correct")
+    p.add_argument(
         "--benchmarks",
         default="paper",
         help="comma-separated: aime,amc,math,minerva,olympiad_bench,aime25,arc_c; 'paper' (the five math ones, the "
@@ -58,13 +73,19 @@ def run(args: argparse.Namespace, extra: list[str]) -> int:
 
     from trapo.eval import EvalSettings, Grader, evaluate, load_benchmark, parse_benchmarks, summarize, write_outputs
     from trapo.eval.backends import HFBackend, VLLMBackend, vllm_available
+    from trapo.eval.benchmarks import load_rows
+    from trapo.eval.grading import RewardGrader
     from trapo.eval.harness import markdown_table
     from trapo.models import with_context_overrides
-    from trapo.preflight import check_model_path
+    from trapo.preflight import check_model_path, import_reward
 
-    names = parse_benchmarks(args.benchmarks)
-    benchmarks = {name: load_benchmark(name, args.data_dir, args.limit) for name in names}
+    if args.data:
+        benchmarks = {Path(f).stem: load_rows(f, args.limit) for f in args.data}
+    else:
+        names = parse_benchmarks(args.benchmarks)
+        benchmarks = {name: load_benchmark(name, args.data_dir, args.limit) for name in names}
     check_model_path(args.model)
+    reward = import_reward(args.reward) if args.reward else None
     output_dir = Path(args.output_dir or Path("runs") / "eval" / Path(args.model.rstrip("/")).name)
     model_path = with_context_overrides(
         args.model, output_dir / "model-view", args.rope_theta, args.max_position_embeddings
@@ -87,7 +108,10 @@ def run(args: argparse.Namespace, extra: list[str]) -> int:
     settings = EvalSettings(
         args.k, args.temperature, args.top_p, args.max_tokens, args.seed, args.drop_system, args.prompt_style
     )
-    grader = Grader(timeout=args.grader_timeout, num_workers=args.grader_workers)
+    if reward is not None:
+        grader = RewardGrader(reward, args.reward_threshold)
+    else:
+        grader = Grader(timeout=args.grader_timeout, num_workers=args.grader_workers)
     try:
         results = evaluate(benchmarks, backend, tokenizer, settings, grader, template)
     finally:

@@ -24,7 +24,6 @@ import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import UnionType
 
 import yaml
 
@@ -211,6 +210,8 @@ def load_train_plan(config_path: str | None = None, argv: list[str] | None = Non
         raise ValueError(
             f"unknown config key(s) {unknown}: not a field of TrainScriptArguments, TRAPOConfig or TRAPOSFTConfig"
         )
+    from trapo.preflight import check_types
+
     classes = (TrainScriptArguments, TRAPOConfig, TRAPOSFTConfig)
     check_types(config, classes)
     check_types(sft_only, (TRAPOSFTConfig,), prefix="sft.")
@@ -251,59 +252,6 @@ def load_train_plan(config_path: str | None = None, argv: list[str] | None = Non
             if spec not in REWARDS and ":" not in spec:
                 raise ValueError(f"reward {spec!r}: use {', '.join(REWARDS)} or module:function")
     return TrainPlan(method, script, built.get("rl"), built.get("sft"), config_dir=str(Path(config_path or ".").parent))
-
-
-def check_types(config: dict, classes, prefix: str = "") -> None:
-    """Refuse a YAML value of the wrong type with one line naming the key and the expected type (argparse would
-    print its whole usage instead). Strings that argparse would convert (``"1e-6"`` for a float) pass; types this
-    cannot check (lists, dicts, enums) are left to the configs."""
-    import typing
-
-    hints: dict = {}
-    for cls in reversed(classes):
-        hints.update(typing.get_type_hints(cls))
-    for key, value in config.items():
-        expected = hints.get(key)
-        if expected is None or value is None:
-            continue
-        union = typing.get_origin(expected) in (typing.Union, UnionType)
-        allowed = [a for a in (typing.get_args(expected) if union else (expected,)) if a is not type(None)]
-        if not allowed or any(a not in _TYPE_CHECKS for a in allowed):
-            continue  # a list, dict or enum among the allowed types: not checked here
-        if not any(_TYPE_CHECKS[a][0](value) for a in allowed):
-            names = " or ".join(_TYPE_CHECKS[a][1] for a in allowed)
-            raise ValueError(f"config key {prefix}{key!r}: expected {names}, got {value!r} ({type(value).__name__})")
-
-
-def _converts(kind, value) -> bool:
-    try:
-        kind(value)
-    except (TypeError, ValueError):
-        return False
-    return True
-
-
-def _is_bool(value) -> bool:
-    return isinstance(value, bool) or (isinstance(value, str) and value.lower() in {"true", "false", "yes", "no"})
-
-
-def _is_int(value) -> bool:
-    return (isinstance(value, int) and not isinstance(value, bool)) or (
-        isinstance(value, str) and _converts(int, value)
-    )
-
-
-def _is_float(value) -> bool:
-    number = isinstance(value, int | float) and not isinstance(value, bool)
-    return number or (isinstance(value, str) and _converts(float, value))
-
-
-_TYPE_CHECKS = {
-    bool: (_is_bool, "true/false"),
-    int: (_is_int, "an integer"),
-    float: (_is_float, "a number"),
-    str: (lambda value: isinstance(value, str), "a string"),
-}
 
 
 def _without(args: list[str], name: str) -> list[str]:

@@ -135,14 +135,16 @@ def _plot_guidance(plt, results: dict, path: Path) -> Path:
         ax.set_xlabel("optimizer step")
         ax.set_ylim(-0.03, 1.03)
         ax.legend(fontsize=7)
-    fig.suptitle("TRAPO's guidance over training (mean over seeds; all tiers)", fontsize=10)
+    fig.suptitle("TRAPO's guidance over training (mean over seeds, 5-step moving average; all tiers)", fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
 
 
-def _guidance_series(runs: list[dict], key: str):
+def _guidance_series(runs: list[dict], key: str, window: int = 5):
+    """Steps and the mean over seeds of ``key``, averaged over a trailing window of steps (one step holds only a few
+    prompts, so single steps are noise)."""
     by_step: dict[int, list[float]] = {}
     for r in runs:
         for point in r["guidance"]:
@@ -152,7 +154,9 @@ def _guidance_series(runs: list[dict], key: str):
     if not by_step:
         return None
     steps = sorted(by_step)
-    return steps, [statistics.fmean(by_step[s]) for s in steps]
+    means = [statistics.fmean(by_step[s]) for s in steps]
+    smooth = [statistics.fmean(means[max(0, i - window + 1) : i + 1]) for i in range(len(means))]
+    return steps, smooth
 
 
 def _plot_sweep(plt, results: dict, path: Path) -> Path:
@@ -160,8 +164,11 @@ def _plot_sweep(plt, results: dict, path: Path) -> Path:
     swept = [r for r in results["runs"] if r.get("overrides")]
     fig, ax = plt.subplots(figsize=(5, 3.6))
     for key in dict.fromkeys(k for r in swept for k in r["overrides"]):
-        values = sorted({r["overrides"][key] for r in swept if key in r["overrides"]})
-        stats = [_mean_std([r["final"]["hard"] for r in swept if r["overrides"].get(key) == v]) for v in values]
+        default = results["settings"][key]  # the plain trapo runs are the sweep's point at the default value
+        points = [(r["overrides"][key], r) for r in swept if key in r["overrides"]]
+        points += [(default, r) for r in results["runs"] if r["method"] == "trapo" and not r.get("overrides")]
+        values = sorted({v for v, _ in points})
+        stats = [_mean_std([r["final"]["hard"] for v2, r in points if v2 == v]) for v in values]
         ax.errorbar(values, [s["mean"] for s in stats], yerr=[s["std"] for s in stats], marker="o", capsize=3,
                     label=f"trapo, {key}")  # fmt: skip
         ax.set_xscale("log")

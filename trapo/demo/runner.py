@@ -104,7 +104,7 @@ def method_args(method: str, seed: int, settings: DemoSettings, out_dir: Path, o
             **local,
         )
     if "rl" in steps:
-        configs["rl_args"] = TRAPOConfig(
+        values = dict(
             output_dir=str(out_dir / "rl"),
             method=rl_method(method),
             num_generations=settings.num_generations,
@@ -117,8 +117,8 @@ def method_args(method: str, seed: int, settings: DemoSettings, out_dir: Path, o
             alpha=settings.alpha,
             logging_steps=1,
             **local,
-            **(overrides or {}),
         )
+        configs["rl_args"] = TRAPOConfig(**{**values, **(overrides or {})})  # a sweep's value wins
     return configs
 
 

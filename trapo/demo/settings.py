@@ -63,5 +63,7 @@ class DemoSettings:
         """Every (method, seed, overrides) the demo trains: each method per seed, then each sweep value per seed."""
         runs = [(m, seed, {}) for seed in range(self.seeds) for m in self.methods]
         for key, values in (self.sweep or {}).items():
+            # The value TRAPO already runs at is not trained twice: its plain runs are that point of the sweep.
+            values = [v for v in values if not ("trapo" in self.methods and v == getattr(self, key))]
             runs += [("trapo", seed, {key: v}) for seed in range(self.seeds) for v in values]
         return runs

@@ -43,6 +43,7 @@ class Problem:
     answer: str
     copies: int = 1
     choices: tuple[str, ...] = ()  # option labels of a multiple-choice question, e.g. ("A", "B", "C", "D")
+    text: str | None = None  # a plain-text prompt (own data), given to the model as it is, without a chat template
 
     @property
     def chat(self) -> list[dict]:
@@ -121,4 +122,33 @@ def load_benchmark(name: str, data_dir: str | Path | None = None, limit: int | N
         question = next((c for r, c in reversed(key) if r == "user"), "")
         choices = tuple(_CHOICE_LINE.findall(question)) if name in CHOICE_BENCHMARKS else ()
         problems.append(Problem(name, index, key, answer, copies[key], choices))
+    return problems
+
+
+def load_rows(path: str | Path, limit: int | None = None) -> list[Problem]:
+    """Held-out problems of one's own, from a file of training-style rows (``prompt``: text or chat messages,
+    ``answer``): ``trapo eval --data FILE``. The benchmark is named after the file."""
+    from trapo.data.loaders import read_table
+
+    path = Path(path)
+    table = read_table(str(path))
+    missing = [c for c in ("prompt", "answer") if c not in table.column_names]
+    if missing:
+        raise ValueError(f"{path}: needs columns prompt and answer (has {table.column_names}); missing {missing}")
+    problems = []
+    for i, row in enumerate(table):
+        if limit is not None and i >= limit:
+            break
+        prompt, answer = row["prompt"], row["answer"]
+        if answer is None or not str(answer).strip():
+            raise ValueError(f"{path}: row {i}: answer is missing or empty")
+        if isinstance(prompt, str):
+            problems.append(Problem(path.stem, i, (("user", prompt),), str(answer).strip(), text=prompt))
+        elif isinstance(prompt, list) and all(isinstance(m, dict) and "role" in m for m in prompt):
+            messages = tuple((str(m["role"]), str(m["content"])) for m in prompt)
+            problems.append(Problem(path.stem, i, messages, str(answer).strip()))
+        else:
+            raise ValueError(f"{path}: row {i}: prompt must be text or a list of chat messages, got {prompt!r:.60}")
+    if not problems:
+        raise ValueError(f"{path}: no rows")
     return problems

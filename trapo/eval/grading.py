@@ -73,3 +73,26 @@ class Grader:
 
     def close(self) -> None:
         self.math.close()
+
+
+class RewardGrader:
+    """Grades with one's own TRL reward function (``trapo eval --data FILE --reward module:function``): a sample is
+    correct when its reward is at least ``threshold``."""
+
+    def __init__(self, func, threshold: float = 0.5):
+        self.func, self.threshold = func, threshold
+
+    def grade(
+        self, problems: Sequence[Problem], completions: Sequence[Sequence[str]]
+    ) -> list[tuple[list[bool], list[str | None]]]:
+        flat = [(p, c) for p, samples in zip(problems, completions, strict=True) for c in samples]
+        prompts = [p.text if p.text is not None else p.chat for p, _ in flat]
+        rewards = self.func(completions=[c for _, c in flat], prompts=prompts, answer=[p.answer for p, _ in flat])
+        if rewards is None or len(rewards) != len(flat):
+            raise ValueError(f"the reward function returned {rewards!r:.60} for {len(flat)} completions")
+        scores = iter(rewards)
+        return [([(next(scores) or 0.0) >= self.threshold for _ in samples], [None] * len(samples))
+                for samples in completions]  # fmt: skip
+
+    def close(self) -> None:
+        pass

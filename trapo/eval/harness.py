@@ -56,6 +56,8 @@ def render_prompts(
     """Chat prompts as text, through ``chat_template`` (a Jinja string) or the tokenizer's own template; with
     ``prompt_style="trapo"`` each prompt is first rebuilt as TRAPO's training prompt (`trapo.data.text.trapo_prompt`).
     """
+    if all(p.text is not None for p in problems):
+        return [p.text for p in problems]  # plain-text prompts: the model sees them as they are
     template = chat_template or tokenizer.chat_template
     if not template:
         raise ValueError(
@@ -64,6 +66,9 @@ def render_prompts(
         )
     rendered = []
     for problem in problems:
+        if problem.text is not None:
+            rendered.append(problem.text)
+            continue
         messages = [
             m for m in restyle_prompt(problem.chat, prompt_style) if not (drop_system and m["role"] == "system")
         ]

@@ -1,0 +1,1 @@
+"""Experimental pieces that are tested but not wired into the trainer yet (per-prompt stage pipelining)."""

@@ -1,0 +1,54 @@
+"""The README's own-data example and docs/own-data.md run as written on the tiny local model; the layout is current."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_readme_layout_is_generated_from_the_tree():
+    sys.path.insert(0, str(ROOT / "tools"))
+    from readme_layout import BEGIN, END, layout
+
+    readme = (ROOT / "README.md").read_text()
+    assert readme.split(BEGIN)[1].split(END)[0].strip() == layout(), "README is stale: run `make layout`"
+
+
+@pytest.mark.slow
+def test_readme_own_data_example_runs_as_written(tmp_path, monkeypatch):
+    from trapo.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    assert main(["tiny-model", "--output", "models/tiny"]) == 0
+    code = re.search(r"<!-- own-data:begin -->\s*```python\n(.*?)```", (ROOT / "README.md").read_text(), re.S)
+    exec(compile(code.group(1), "README.md", "exec"), {"__name__": "readme"})
+    assert (tmp_path / "runs" / "trapo-tiny").is_dir()
+
+
+@pytest.mark.slow
+def test_own_data_walkthrough_trains_and_evaluates(tmp_path, monkeypatch, capsys):
+    from trapo.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    shutil.copy(ROOT / "docs/own-data/my_rewards.py", tmp_path)
+    rows = [{"prompt": f"{a}+{b}=", "answer": str(a + b), "expert": [f"{a} plus {b}\n\nmakes {a + b}"]}
+            for a in range(1, 5) for b in range(1, 5)]  # fmt: skip
+    Path("train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    Path("held_out.jsonl").write_text(json.dumps({"prompt": "5+5=", "answer": "10"}) + "\n")
+    assert main(["tiny-model", "--output", "models/tiny"]) == 0
+    config = str(ROOT / "docs/own-data/train.yaml")
+    assert main(["train", "--config", config, "--dry-run"]) == 0
+    assert main(["train", "--config", config]) == 0
+    assert (tmp_path / "runs/own-data/model.safetensors").is_file()
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    argv = ["eval", "--model", "runs/own-data", "--data", "held_out.jsonl", "--reward", "my_rewards:exact_answer"]
+    assert main([*argv, "--k", "2", "--max-tokens", "8", "--backend", "hf"]) == 0
+    assert "| held_out | 1 | 2 |" in capsys.readouterr().out

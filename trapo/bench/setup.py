@@ -1,0 +1,94 @@
+"""What a `trapo bench` run trains: the model (the demo's tiny base, or random weights shaped by a config) and the
+reward (the task's verifier, or a controlled random one)."""
+
+from __future__ import annotations
+
+import hashlib
+import sys
+from typing import TYPE_CHECKING
+
+from trapo.tasks.base import base_model_path
+
+if TYPE_CHECKING:
+    from trapo.bench.run import BenchSettings
+
+
+def _log(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def make_reward(spec: str):
+    """``chain``: the chain task's verifier; ``random:P``: 1.0 with probability P, a deterministic hash of prompt and
+    completion (so TRAPO's guidance fires at a controlled rate even on a model that solves nothing)."""
+    if spec == "chain":
+        from trapo.tasks.chains import chain_reward
+
+        return chain_reward
+    if spec.startswith("random:"):
+        try:
+            p = float(spec.split(":", 1)[1])
+        except ValueError:
+            p = -1.0
+        if not 0.0 <= p <= 1.0:
+            raise ValueError(f"reward random:P needs 0 ≤ P ≤ 1, got {spec!r}")
+
+        def controlled_reward(completions, prompts, **kwargs):
+            out = []
+            for c, q in zip(completions, prompts, strict=True):
+                digest = hashlib.sha256(f"{q}\x00{c}".encode()).digest()
+                out.append(1.0 if int.from_bytes(digest[:8], "big") / 2**64 < p else 0.0)
+            return out
+
+        return controlled_reward
+    raise ValueError(f"reward must be 'chain' or 'random:P', got {spec!r}")
+
+
+def prepare_bench_model(settings: BenchSettings, log=None) -> None:
+    """Build (or find) what `load_bench_model` reads: the demo's cached base for ``tiny`` (nothing for ``large``)."""
+    if settings.model == "tiny":
+        base_model_path(cache_dir=settings.cache_dir, log=log or _log)
+
+
+def load_bench_model(settings: BenchSettings):
+    """(tokenizer, model): the demo's cached warm-started base (tiny) or a random-weight model (large)."""
+    from trapo.tasks.tiny_model import build_model, build_tokenizer
+
+    if settings.model == "tiny":
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        path = base_model_path(cache_dir=settings.cache_dir, log=_log)
+        return AutoTokenizer.from_pretrained(path), AutoModelForCausalLM.from_pretrained(path)
+    if settings.large_config:
+        return _model_from_config(settings.large_config, settings.max_completion_length)
+    tokenizer = build_tokenizer()
+    model = build_model(
+        tokenizer,
+        hidden_size=settings.large_hidden,
+        num_layers=settings.large_layers,
+        num_heads=settings.large_heads,
+        max_positions=max(1024, 2 * settings.max_completion_length + 64),
+        seed=0,
+    )
+    return tokenizer, model
+
+
+def _model_from_config(name_or_path: str, max_completion_length: int):
+    """Random weights shaped by a transformers config (its vocabulary included: the char tokenizer is padded with
+    unused tokens to the config's size, so the LM head costs what it costs in the real model)."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from trapo.tasks.tiny_model import build_tokenizer
+
+    config = AutoConfig.from_pretrained(name_or_path)  # a .json file, a model folder or a Hub name
+    tokenizer = build_tokenizer(vocab_size=config.vocab_size)
+    config.pad_token_id, config.eos_token_id, config.bos_token_id = tokenizer.pad_token_id, tokenizer.eos_token_id, None
+    config.max_position_embeddings = max(getattr(config, "max_position_embeddings", 0), 2 * max_completion_length + 64)
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(config)
+    model.generation_config.pad_token_id, model.generation_config.eos_token_id = (
+        config.pad_token_id,
+        config.eos_token_id,
+    )
+    model.generation_config.bos_token_id = None
+    return tokenizer, model
