@@ -339,3 +339,15 @@ def test_logged_completions_mark_where_the_expert_prefix_ends(tmp_path, tiny_mod
     assert not any(TRAPOTrainer.PREFIX_END_MARK in c for c in logged[:4])  # stage 1: unguided
     assert all(TRAPOTrainer.PREFIX_END_MARK in c for c in logged[4:])  # stages 2-4: guided (reward 0)
     assert logged[4].startswith("add 1 and 2\n\n" + TRAPOTrainer.PREFIX_END_MARK)
+
+
+def test_the_run_folder_gets_the_resolved_config(tmp_path, tiny_model, tokenizer, addition_dataset):
+    import yaml
+
+    trainer = make_trainer(tmp_path, tiny_model, tokenizer, addition_dataset, reward=0.0, max_steps=1, method="luffy")
+    trainer.train()
+    saved = yaml.safe_load((tmp_path / "out" / "trapo_config.yaml").read_text())
+    assert saved["config"]["method"] == "luffy" and saved["config"]["prefix_loss"] == "luffy"  # preset filled in
+    assert saved["config"]["second_trace_for_full"] is False and saved["config"]["alpha"] == 0.1
+    assert saved["reward_functions"] == ["constant_0"] and saved["dataset"]["rows"] == len(addition_dataset)
+    assert saved["rollout"] == "staged"

@@ -52,7 +52,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.debug or os.environ.get("TRAPO_DEBUG"):
             raise
         message = " ".join(str(error).split()) if "\n" not in str(error).strip() else str(error).strip()
-        print(f"trapo {args.command}: error: {message} (--debug shows the traceback)", file=sys.stderr)
+        fresh_line = "\n" if sys.stderr.isatty() else ""  # a progress bar may have left the cursor mid-line
+        print(f"{fresh_line}trapo {args.command}: error: {message} (--debug shows the traceback)", file=sys.stderr)
         return 2
 
 

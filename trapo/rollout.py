@@ -159,8 +159,8 @@ class RolloutBatch:
                 continue
             metrics[f"guided_frac/stage{s + 1}"] = self.guided_per_stage[s] / num_groups
             guided = [x.reward for x in samples if x.stage == s and x.guided]
-            if guided:
-                metrics[f"guided_reward/stage{s + 1}"] = sum(guided) / len(guided)
+            # NaN when the stage guided nothing here: the keys are the same on every process (they are gathered).
+            metrics[f"guided_reward/stage{s + 1}"] = sum(guided) / len(guided) if guided else math.nan
         return metrics
 
 

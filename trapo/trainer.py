@@ -22,6 +22,7 @@ import math
 import warnings
 from collections import Counter
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -47,6 +48,7 @@ class _PendingRollout:
     rows: list[dict]
     batch: RolloutBatch | None = None
     filler: list[int] | None = None  # a context to pad this process's generate calls with (a prompt of its own)
+    generate_calls: int = 0  # calls this process made, padded ones included (every process makes the same number)
 
 
 class TRAPOTrainer(CrashSafeCheckpoints, RolloutLogs, GRPOTrainer):
@@ -92,6 +94,31 @@ class TRAPOTrainer(CrashSafeCheckpoints, RolloutLogs, GRPOTrainer):
         self.rollout_stats: Counter = Counter()
         self._reward_calls = BoundedRewardCalls(args.reward_timeout, args.max_reward_failures, self.rollout_stats)
         self._unscorable = UnscorableRewards(args.max_unscorable_share, args.max_unscorable_steps, self.rollout_stats)
+
+    def train(self, *args, **kwargs):
+        self._write_run_config()
+        return super().train(*args, **kwargs)
+
+    def _write_run_config(self) -> None:
+        """``<output_dir>/trapo_config.yaml`` at the start of training: every `TRAPOConfig` field as resolved (preset
+        values filled in), the model, the data and the reward functions, so a run folder says what produced it."""
+        if not self.args.should_save:
+            return
+        import yaml
+
+        model = getattr(getattr(self.model, "config", None), "_name_or_path", None)
+        data = self.train_dataset
+        resolved = {
+            "model": model,
+            "dataset": {"rows": len(data) if hasattr(data, "__len__") else None,
+                        "columns": getattr(data, "column_names", None)},
+            "reward_functions": list(self.reward_func_names),
+            "rollout": self.rollout_kind,
+            "config": {k: v for k, v in self.args.to_dict().items() if not k.startswith("_")},
+        }  # fmt: skip
+        path = Path(self.args.output_dir) / "trapo_config.yaml"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(yaml.safe_dump(resolved, sort_keys=False, default_flow_style=None, allow_unicode=True))
 
     # ------------------------------------------------------------------ reliability
 
@@ -181,12 +208,12 @@ class TRAPOTrainer(CrashSafeCheckpoints, RolloutLogs, GRPOTrainer):
         rollout = self._make_rollout(stages, is_conversational({"prompt": prompts[0]}))
         batch = rollout.run(rows, [list(ids) for ids in prompt_ids])
         self._pending.batch = batch
-        self.rollout_stats.update(batch.counts())
-        for name, value in batch.metrics().items():
-            self._log_mean(mode, f"trapo/{name}", value)
+        counts = batch.counts()
+        counts["generation_calls"] = self._pending.generate_calls
+        self.rollout_stats.update(counts)
         # Cumulative failed reward calls (timeouts + exceptions) of this process, scored 0 (docs/errors.md).
         failures = self.rollout_stats["reward_timeouts"] + self.rollout_stats["reward_errors"]
-        self._log_mean(mode, "trapo/reward_failures", failures)
+        self._log_means(mode, {**batch.metrics(), "reward_failures": failures}, prefix="trapo/")
         counts = torch.tensor(
             [self._unscorable.step_unscorable, self._unscorable.step_total], device=self.accelerator.device
         )
@@ -262,6 +289,7 @@ class TRAPOTrainer(CrashSafeCheckpoints, RolloutLogs, GRPOTrainer):
         padding = [self._pending.filler] * (count - len(contexts))
         with self._max_new_tokens(max_new):
             completion_ids, logprobs = self._generate_single_turn(contexts + padding, None, {}, 1)
+        self._pending.generate_calls += 1
         n = len(contexts)
         return [list(c) for c in completion_ids[:n]], (None if logprobs is None else [list(lp) for lp in logprobs[:n]])
 
@@ -316,9 +344,14 @@ class TRAPOTrainer(CrashSafeCheckpoints, RolloutLogs, GRPOTrainer):
         totals = (per_func * self.reward_weights.cpu()).sum(dim=1)
         return totals.tolist(), per_func.tolist()
 
-    def _log_mean(self, mode: str, name: str, value: float) -> None:
-        gathered = self.accelerator.gather(torch.tensor([value], dtype=torch.float32, device=self.accelerator.device))
-        self._metrics[mode][name].append(gathered.mean().item())
+    def _log_means(self, mode: str, values: dict[str, float], prefix: str = "") -> None:
+        """Log each value's mean over processes, in one gather (every process must pass the same keys); NaN marks a
+        value a process does not have, and a value no process has is not logged."""
+        local = torch.tensor([list(values.values())], dtype=torch.float32, device=self.accelerator.device)
+        means = self.accelerator.gather(local).nanmean(dim=0).tolist()
+        for name, mean in zip(values, means, strict=True):
+            if not math.isnan(mean):
+                self._metrics[mode][prefix + name].append(mean)
 
     # ------------------------------------------------------------------ loss
 
@@ -360,6 +393,5 @@ class TRAPOTrainer(CrashSafeCheckpoints, RolloutLogs, GRPOTrainer):
         mode = "train" if self.model.training else "eval"
         if mode == "train" and self.args.loss_normalization == "batch_budget":
             loss = loss / self.current_gradient_accumulation_steps  # sequence_budget sums over micro-batches
-        for name, value in metrics.items():
-            self._log_mean(mode, "entropy" if name == "entropy" else f"trapo/{name}", value)
+        self._log_means(mode, {("entropy" if k == "entropy" else f"trapo/{k}"): v for k, v in metrics.items()})
         return loss
