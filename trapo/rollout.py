@@ -188,9 +188,7 @@ class StagedRollout:
 
     def run(self, rows: Sequence[dict], prompt_ids: Sequence[list[int]]) -> RolloutBatch:
         """Sample every group; ``rows[g]`` and ``prompt_ids[g]`` describe group ``g`` (one entry per prompt)."""
-        if len(rows) != len(prompt_ids):
-            raise ValueError(f"{len(rows)} rows but {len(prompt_ids)} prompts: give one of each per group")
-        batch = RolloutBatch(groups=[[] for _ in rows], guided_per_stage=[0] * len(self.stages))
+        batch = self._empty_batch(rows, prompt_ids)
         for s in range(len(self.stages)):
             requests = []
             for g, row in enumerate(rows):
@@ -202,6 +200,11 @@ class StagedRollout:
             for x in requests:
                 batch.groups[x.group].append(x)
         return batch
+
+    def _empty_batch(self, rows: Sequence[dict], prompt_ids: Sequence[list[int]]) -> RolloutBatch:
+        if len(rows) != len(prompt_ids):
+            raise ValueError(f"{len(rows)} rows but {len(prompt_ids)} prompts: give one of each per group")
+        return RolloutBatch(groups=[[] for _ in rows], guided_per_stage=[0] * len(self.stages))
 
     def decide(self, s: int, earlier: list[Sample]) -> bool:
         """Whether stage ``s`` of a group is guided, given that group's samples so far (stage 1 never is)."""
@@ -252,9 +255,7 @@ class SpeculativeRollout(StagedRollout):
     """
 
     def run(self, rows: Sequence[dict], prompt_ids: Sequence[list[int]]) -> RolloutBatch:
-        if len(rows) != len(prompt_ids):
-            raise ValueError(f"{len(rows)} rows but {len(prompt_ids)} prompts: give one of each per group")
-        batch = RolloutBatch(groups=[[] for _ in rows], guided_per_stage=[0] * len(self.stages))
+        batch = self._empty_batch(rows, prompt_ids)
         candidates = self._candidates(rows)
         self._generate([x for group in candidates.values() for x in group], prompt_ids, batch)
         for s in range(len(self.stages)):
