@@ -55,9 +55,9 @@ def _needs_generation(rules: StagedRollout, requests: list[Sample]) -> bool:
 
 
 async def _generate_and_score(
-    g: int, requests: list[Sample], needs_generation: bool, prompt: list[int], engine, score: ScoreFn
+    rules: StagedRollout, g: int, requests: list[Sample], prompt: list[int], engine, score: ScoreFn
 ) -> None:
-    if needs_generation:
+    if _needs_generation(rules, requests):
         outputs = await asyncio.gather(*(engine.generate(prompt + r.prefix) for r in requests))
         for r, out in zip(requests, outputs, strict=True):
             r.continuation = list(out)
@@ -80,9 +80,7 @@ async def run_pipelined(
         samples: list[Sample] = []
         for s in range(len(stages)):
             requests = _stage_requests(rules, g, s, samples)
-            await _generate_and_score(
-                g, requests, _needs_generation(rules, requests), list(prompt_ids[g]), engine, score
-            )
+            await _generate_and_score(rules, g, requests, list(prompt_ids[g]), engine, score)
             samples.extend(requests)
         return samples
 
@@ -103,7 +101,7 @@ async def run_stage_synchronous(
         batch = [_stage_requests(rules, g, s, samples[g]) for g in range(len(prompt_ids))]
         await asyncio.gather(
             *(
-                _generate_and_score(g, requests, _needs_generation(rules, requests), list(prompt_ids[g]), engine, score)
+                _generate_and_score(rules, g, requests, list(prompt_ids[g]), engine, score)
                 for g, requests in enumerate(batch)
             )
         )
