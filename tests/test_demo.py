@@ -24,6 +24,7 @@ def test_quick_demo_writes_table_json_and_plots(tmp_path):
     proc = subprocess.run([*cmd, *args], capture_output=True, text=True, timeout=600, env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "| trapo |" in proc.stdout and "| sft-then-grpo |" in proc.stdout and "| trapo alpha=0.3 |" in proc.stdout
+    assert "paper's evaluation protocol" in proc.stdout and "avg@8, T=0.6" in proc.stdout
     assert "Warning" not in proc.stderr, proc.stderr[-3000:]  # no library deprecation noise
     results = json.loads((out / "results.json").read_text())
     methods = [r["method"] for r in results["runs"]]
@@ -35,6 +36,7 @@ def test_quick_demo_writes_table_json_and_plots(tmp_path):
     for run in results["runs"]:
         assert run["curve"][-1][0] == results["settings"]["steps"]  # evaluated at the last step
         assert {"tier_2", "tier_7", "hard", "overall"} <= set(run["final"])
+        assert {"sampled_tier_6", "sampled_hard"} <= set(run["final"])  # the paper's protocol, final model only
     trapo = results["runs"][0]
     assert trapo["guided_share"] > 0 and trapo["guidance"]  # the smoke base fails: guidance fires
     assert "guided_frac/stage2" in trapo["guidance"][0]
@@ -59,6 +61,23 @@ def test_demo_settings_reject_bad_values():
         DemoSettings(sweep={"learning_rate": (1e-3,)})
     with pytest.raises(ValueError, match="device"):
         DemoSettings(device="tpu")
+    with pytest.raises(ValueError, match="expert_order must be one of"):
+        DemoSettings(expert_order="middle")
+    with pytest.raises(ValueError, match="sampled_eval_k"):
+        DemoSettings(sampled_eval_k=-1)
+
+
+def test_expert_order_flag_reaches_the_settings():
+    import argparse
+
+    from trapo.commands.demo import add_arguments, settings_from_args
+
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    assert settings_from_args(parser.parse_args([])).expert_order == "left"
+    assert settings_from_args(parser.parse_args(["--expert-order", "right"])).expert_order == "right"
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--expert-order", "up"])
 
 
 def test_every_method_and_sweep_value_runs_on_every_seed():
@@ -108,3 +127,66 @@ def test_a_swept_value_overrides_the_demo_setting(tmp_path):
     configs = method_args("trapo", 0, DemoSettings(alpha=0.1), tmp_path, overrides={"alpha": 0.3})
     assert configs["rl_args"].alpha == 0.3
     assert method_args("trapo", 0, DemoSettings(alpha=0.1), tmp_path)["rl_args"].alpha == 0.1
+
+
+class _ScriptedModel:
+    """Stands in for a causal LM: ``generate`` returns the scripted completions, one row per prompt × sample."""
+
+    training = False
+    device = "cpu"
+
+    def __init__(self, tokenizer, completions: list[str]):
+        self.tokenizer, self.completions, self.calls = tokenizer, completions, []
+
+    def eval(self):
+        return self
+
+    def train(self, mode=True):
+        return self
+
+    def generate(self, input_ids, attention_mask, **kwargs):
+        import torch
+
+        self.calls.append(kwargs)
+        repeats = kwargs.get("num_return_sequences", 1)
+        prompts = input_ids.repeat_interleave(repeats, dim=0)
+        ids = [self.tokenizer(c, add_special_tokens=False)["input_ids"] for c in self.completions]
+        width = max(map(len, ids))
+        pad = self.tokenizer.pad_token_id
+        rows = torch.tensor([i + [pad] * (width - len(i)) for i in ids])
+        return torch.cat([prompts, rows], dim=1)
+
+
+def test_sampled_evaluation_averages_over_every_sample_of_a_problem():
+    """avg@k: a tier's accuracy is the share of right answers over all k samples of all its problems."""
+    from trapo.demo.runner import evaluate
+    from trapo.tasks.chains import Problem, to_rows
+    from trapo.tasks.tiny_model import build_tokenizer
+
+    tokenizer = build_tokenizer()
+    five, six = Problem((4, 2, 7, 5, 1)), Problem((4, 2, 7, 5, 1, 3))
+    right5, right6 = five.solution(), six.solution("right")  # any legal order is right
+    wrong = "answer 9"
+    model = _ScriptedModel(tokenizer, [right5, wrong, wrong, wrong, right6, right6, wrong, right6])
+    result = evaluate(model, tokenizer, to_rows([five, six]), max_new_tokens=64, samples=4, temperature=0.6)
+    assert result["tier_5"] == pytest.approx(0.25) and result["tier_6"] == pytest.approx(0.75)
+    assert result["hard"] == pytest.approx(0.75) and result["overall"] == pytest.approx(0.5)
+    assert model.calls[0]["do_sample"] and model.calls[0]["temperature"] == 0.6
+    greedy = _ScriptedModel(tokenizer, [wrong, right6])
+    assert evaluate(greedy, tokenizer, to_rows([five, six]), max_new_tokens=64) == {
+        "tier_5": 0.0, "tier_6": 1.0, "hard": 1.0, "overall": 0.5}  # fmt: skip
+    assert greedy.calls[0]["do_sample"] is False
+
+
+def test_the_sampled_table_sits_beside_the_greedy_one():
+    from trapo.demo.report import format_sampled_table
+
+    records = [record("trapo", s, h) for s, h in enumerate((0.5, 0.7, 0.6))]
+    for r, sampled in zip(records, (0.4, 0.5, 0.6), strict=True):
+        r["final"] |= {"sampled_tier_5": sampled, "sampled_hard": sampled, "sampled_overall": sampled}
+    base = {"tier_5": 0.0, "hard": 0.0, "sampled_tier_5": 0.1, "sampled_hard": 0.1}
+    results = {"summary": summarize(records), "base": base, "hard_tiers": [5]}
+    results["settings"] = {"sampled_eval_k": 8, "sampled_eval_temperature": 0.6}
+    table = format_sampled_table(results)
+    assert "avg@8, T=0.6" in table and "| trapo | 0.50 ± 0.10 | 0.50 ± 0.10 |" in table and "| base | 0.10 |" in table
+    assert format_sampled_table({**results, "base": {"tier_5": 0.0, "hard": 0.0}}) is None  # not measured

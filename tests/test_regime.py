@@ -30,10 +30,14 @@ class ShortChainOracle(torch.nn.Module):
             prompt, _, shown = text.partition("=")
             problem = Problem(tuple(int(c) for c in prompt.lstrip(".")))
             lines = [line for line in shown.split("\n\n") if line]
-            left = len(lines[-1].lstrip(".")) if lines else problem.tier
-            full = problem.solution()
+            digits = tuple(int(c) for c in lines[-1].lstrip(".")) if lines else problem.digits
             wrong = (problem.answer + 1) % 10
-            rest = full[len(shown) :] if left <= self.reach else f"......{wrong}\n\nanswer {wrong}"
+            if len(digits) > self.reach:
+                rest = f"......{wrong}\n\nanswer {wrong}"
+            elif len(digits) == 1:
+                rest = f"answer {digits[0]}"
+            else:  # its own (left-to-right) derivation from the last line shown, whoever wrote that line
+                rest = Problem(digits).solution()
             new = self.tokenizer(rest, add_special_tokens=False)["input_ids"] + [self.tokenizer.eos_token_id]
             rows.append(ids.tolist() + new[:max_new_tokens])
         width = max(map(len, rows))
@@ -55,6 +59,21 @@ def test_pass_at_k_alone_and_with_prefixes_follows_what_the_prefix_leaves(tokeni
     assert guided_pass_at_k(oracle, tokenizer, six, 0.25)["pass"] == 0.0
     assert guided_pass_at_k(oracle, tokenizer, six, 0.5) == {"pass": 1.0, "per_sample": 1.0}
     assert guided_pass_at_k(oracle, tokenizer, six, 0.5, greedy=True)["pass"] == 1.0
+
+
+def test_prefixes_follow_the_expert_order_and_a_mixed_derivation_counts(tokenizer):
+    """An expert reducing from the right shows other lines than the policy's own order; the oracle finishes from
+    them in its own order, and that mixed derivation is correct."""
+    oracle = ShortChainOracle(tokenizer, reach=3)
+    six = make_problems(4, (6,), "eval")
+    assert guided_pass_at_k(oracle, tokenizer, six, 0.5, order="right") == {"pass": 1.0, "per_sample": 1.0}
+    shown = []
+    oracle.generate = lambda input_ids, attention_mask, **kw: (
+        shown.append(tokenizer.decode(input_ids[0]))
+        or (ShortChainOracle.generate(oracle, input_ids, attention_mask, **kw))
+    )
+    guided_pass_at_k(oracle, tokenizer, six[:1], 0.5, k=1, order="right")
+    assert shown[0].split("=", 1)[1].startswith(six[0].steps("right")[0])
 
 
 def test_regime_report_and_criterion(tokenizer):

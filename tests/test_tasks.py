@@ -27,6 +27,22 @@ def test_the_worked_example():
     assert problem.answer == 8 and problem.tier == 4
 
 
+def test_the_expert_order_reduces_from_the_other_end_and_is_a_correct_derivation_too():
+    problem = Problem((4, 2, 7, 5))
+    assert problem.solution("right") == "....422\n\n.....44\n\n......8\n\nanswer 8"
+    assert verify(problem.solution("right"), problem)
+    mixed = "....675\n\n.....62\n\n......8\n\nanswer 8"  # left, then right: every step legal
+    assert verify(mixed, problem)
+    with pytest.raises(ValueError, match="order must be one of"):
+        problem.steps("middle")
+
+
+def test_rows_carry_the_expert_order_asked_for():
+    problem = Problem((4, 2, 7, 5))
+    assert to_rows([problem], expert_order="right")[0]["expert"] == [problem.solution("right")] * 2
+    assert to_rows([problem])[0]["expert"] == [problem.solution("left")] * 2
+
+
 def test_every_line_has_the_same_width_and_reduces_the_chain_by_one():
     for problem in make_problems(60, TIERS, "eval"):
         lines = problem.steps()
@@ -84,6 +100,10 @@ def test_every_expert_solution_verifies():
         "....675\n\n......8\n\nanswer 8",  # a step skipped
         "....675\n\n.....35\n\n......8\n\nanswer 8\n\nanswer 8",  # trailing junk
         "....675\n.....35\n......8\nanswer 8",  # wrong line breaks
+        "....422\n\n.....35\n\n......8\n\nanswer 8",  # a legal first step, then one from another chain
+        "....6.5\n\n.....35\n\n......8\n\nanswer 8",  # padding inside a line
+        "....6²5\n\n.....35\n\n......8\n\nanswer 8",  # a character that is a digit to str.isdigit only
+        "....675\n\n.....35\n\n.....35\n\n......8\n\nanswer 8",  # a line repeated
         "",
     ],
 )

@@ -23,6 +23,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--learning-rate", type=float, default=None, help="learning rate of every method")
     parser.add_argument("--alpha", type=float, default=None, help="TrSFT's α for the methods that use TrSFT")
     parser.add_argument(
+        "--expert-order",
+        choices=("left", "right"),
+        default=None,
+        help="how the expert writes derivations: right = from the other end than the base model (off-policy), "
+        "left = exactly like the base model (docs/demo.md)",
+    )
+    parser.add_argument(
         "--sweep",
         action="append",
         default=[],
@@ -64,6 +71,7 @@ def settings_from_args(args: argparse.Namespace) -> DemoSettings:
         "steps": args.steps,
         "learning_rate": args.learning_rate,
         "alpha": args.alpha,
+        "expert_order": args.expert_order,
         "workers": args.workers,
         "cache_dir": args.cache_dir,
     }

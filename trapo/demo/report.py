@@ -39,19 +39,38 @@ def format_table(results: dict) -> str:
     summary, base = results["summary"], results["base"]
     tiers = [k for k in base if k.startswith("tier_")]
     hard_tiers = results.get("hard_tiers", [])
-    head = ["method", "hard tiers", *[_tier_label(t, hard_tiers) for t in tiers], "wall s", "guided"]
+    head = ["method", "hard tiers (greedy)", *[_tier_label(t, hard_tiers) for t in tiers], "wall s", "guided"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     lines.append("| base | " + " | ".join(f"{base[k]:.2f}" for k in ["hard", *tiers]) + " | | |")
 
-    def cell(m, k, fmt="{:.2f}"):
-        s = m[k]
-        return fmt.format(s["mean"]) + (f" ± {fmt.format(s['std'])}" if s.get("n", 1) > 1 else "")
-
     for method, m in summary.items():
-        cells = [cell(m, k) for k in ["hard", *tiers]]
-        cells += [cell(m, "wall_seconds", "{:.0f}"), f"{m['guided_share']['mean']:.0%}"]
+        cells = [_cell(m[k]) for k in ["hard", *tiers]]
+        cells += [_cell(m["wall_seconds"], "{:.0f}"), f"{m['guided_share']['mean']:.0%}"]
         lines.append(f"| {method} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def format_sampled_table(results: dict) -> str | None:
+    """The final models under the paper's protocol (avg@k, sampled at temperature 0.6), as `format_table` does;
+    None when the run did not measure it."""
+    summary, base = results["summary"], results["base"]
+    if "sampled_hard" not in base or not all("sampled_hard" in m for m in summary.values()):
+        return None
+    settings = results.get("settings", {})
+    tiers = [k for k in base if k.startswith("sampled_tier_")]
+    hard_tiers = results.get("hard_tiers", [])
+    label = f"avg@{settings.get('sampled_eval_k', '?')}, T={settings.get('sampled_eval_temperature', '?')}"
+    head = ["method", f"hard tiers ({label})", *[_tier_label(t.removeprefix("sampled_"), hard_tiers) for t in tiers]]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    lines.append("| base | " + " | ".join(f"{base[k]:.2f}" for k in ["sampled_hard", *tiers]) + " |")
+    for method, m in summary.items():
+        cells = [_cell(m[k]) for k in ["sampled_hard", *tiers]]
+        lines.append(f"| {method} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def _cell(stats: dict, fmt: str = "{:.2f}") -> str:
+    return fmt.format(stats["mean"]) + (f" ± {fmt.format(stats['std'])}" if stats.get("n", 1) > 1 else "")
 
 
 def format_regime_table(regime: dict) -> str:

@@ -21,7 +21,7 @@ import torch
 from tqdm.auto import tqdm
 from transformers import TrainerCallback
 
-from trapo.demo.report import format_table, plot, summarize
+from trapo.demo.report import format_sampled_table, format_table, plot, summarize
 from trapo.demo.settings import DemoSettings
 from trapo.tasks.base import base_model_path, base_record
 from trapo.tasks.chains import HARD_TIERS, TIERS, TRAIN_TIERS, chain_reward, make_problems, to_rows
@@ -30,31 +30,57 @@ from trapo.tasks.chains import HARD_TIERS, TIERS, TRAIN_TIERS, chain_reward, mak
 
 
 @torch.no_grad()
-def evaluate(model, tokenizer, eval_rows: list[dict], max_new_tokens: int) -> dict[str, float]:
-    """Greedy accuracy per tier (``tier_2`` …), ``hard`` (mean over the hard tiers) and ``overall`` (over all)."""
+def evaluate(
+    model, tokenizer, eval_rows: list[dict], max_new_tokens: int, samples: int = 0, temperature: float = 0.6
+) -> dict[str, float]:
+    """Accuracy per tier (``tier_2`` …), ``hard`` (mean over the hard tiers) and ``overall`` (over all tiers).
+
+    ``samples=0``: one greedy answer per problem. ``samples=k``: the paper's protocol (avg@k): k answers sampled at
+    ``temperature`` per problem, accuracy averaged over them.
+    """
     was_training = model.training
     model.eval()
     tokenizer.padding_side = "left"
     prompts = [r["prompt"] for r in eval_rows]
     enc = tokenizer(prompts, return_tensors="pt", padding=True).to(model.device)
+    sampling = (
+        {"do_sample": True, "temperature": temperature, "top_k": 0, "top_p": 1.0, "num_return_sequences": samples}
+        if samples
+        else {"do_sample": False}
+    )
     out = model.generate(
         **enc,
         max_new_tokens=max_new_tokens,
-        do_sample=False,
         pad_token_id=tokenizer.pad_token_id,
         eos_token_id=tokenizer.eos_token_id,
+        **sampling,
     )
     texts = tokenizer.batch_decode(out[:, enc["input_ids"].shape[1] :], skip_special_tokens=True)
-    correct = chain_reward(texts, prompts)
+    repeats = max(samples, 1)
+    correct = chain_reward(texts, [p for p in prompts for _ in range(repeats)])
     model.train(was_training)
     by_tier: dict[int, list[float]] = {}
-    for row, c in zip(eval_rows, correct, strict=True):
-        by_tier.setdefault(row["tier"], []).append(c)
+    for i, c in enumerate(correct):
+        by_tier.setdefault(eval_rows[i // repeats]["tier"], []).append(c)
     result = {f"tier_{t}": sum(v) / len(v) for t, v in sorted(by_tier.items())}
     hard = [result[f"tier_{t}"] for t in HARD_TIERS if f"tier_{t}" in result]
     result["hard"] = sum(hard) / len(hard) if hard else float("nan")
     result["overall"] = sum(result[f"tier_{t}"] for t in by_tier) / len(by_tier)
     return result
+
+
+def evaluate_sampled(model, tokenizer, eval_rows: list[dict], settings: DemoSettings, seed: int) -> dict[str, float]:
+    """`evaluate` under the paper's protocol (avg@k at temperature 0.6), seeded, keys prefixed ``sampled_``."""
+    torch.manual_seed(seed)
+    result = evaluate(
+        model,
+        tokenizer,
+        eval_rows,
+        settings.max_completion_length,
+        settings.sampled_eval_k,
+        settings.sampled_eval_temperature,
+    )
+    return {f"sampled_{k}": v for k, v in result.items()}
 
 
 class EvalCallback(TrainerCallback):
@@ -153,7 +179,7 @@ def run_method(
         offset["steps"] += trainer.state.global_step
 
     start = time.perf_counter()
-    train_method(
+    model = train_method(
         method,
         model,
         tokenizer,
@@ -166,7 +192,9 @@ def run_method(
     )
     record["wall_seconds"] = time.perf_counter() - start - evaluator.eval_seconds
     record["curve"] = evaluator.curve
-    record["final"] = record["curve"][-1][1]
+    record["final"] = dict(record["curve"][-1][1])
+    if settings.sampled_eval_k:
+        record["final"] |= evaluate_sampled(model, tokenizer, eval_rows, settings, seed)
     record["guided_share"] = record["guided_samples"] / record["samples"] if record["samples"] else 0.0
     record["guidance"] = [
         {"step": h["step"], **{k.removeprefix("trapo/"): v for k, v in h.items() if k.startswith("trapo/guided_")}}
@@ -212,8 +240,10 @@ def run(settings: DemoSettings, log=print) -> dict:
         raise ValueError("--device cuda: CUDA is not available here; run on CPU (the default)")
     base = base_model_path(settings.base, settings.cache_dir, log)
     torch.set_num_threads(1)
-    train_rows = to_rows(make_problems(settings.train_problems, TRAIN_TIERS, "train", seed=0))
-    eval_rows = to_rows(make_problems(settings.eval_per_tier * len(TIERS), TIERS, "eval", seed=0))
+    train_rows = to_rows(make_problems(settings.train_problems, TRAIN_TIERS, "train", seed=0), settings.expert_order)
+    eval_rows = to_rows(
+        make_problems(settings.eval_per_tier * len(TIERS), TIERS, "eval", seed=0), settings.expert_order
+    )
     base_eval, regime = measure_base(base, settings, eval_rows, log)
 
     runs = settings.runs()
@@ -238,6 +268,9 @@ def run(settings: DemoSettings, log=print) -> dict:
     }
     (out / "results.json").write_text(json.dumps(results, indent=2, default=str))
     table = format_table(results)
+    sampled = format_sampled_table(results)
+    if sampled:
+        table += "\n\nThe same final models under the paper's evaluation protocol (sampled answers):\n\n" + sampled
     (out / "results.md").write_text(table + "\n")
     paths = plot(results, out)
     log("\n" + table)
@@ -255,13 +288,19 @@ def measure_base(base: Path, settings: DemoSettings, eval_rows: list[dict], log)
     tokenizer = AutoTokenizer.from_pretrained(base)
     model = AutoModelForCausalLM.from_pretrained(base).to(settings.device)
     accuracy = evaluate(model, tokenizer, eval_rows, settings.max_completion_length)
+    if settings.sampled_eval_k:
+        accuracy |= evaluate_sampled(model, tokenizer, eval_rows, settings, seed=0)
     by_tier: dict[int, list] = {}
     for row in eval_rows:
         problems = by_tier.setdefault(row["tier"], [])
         if len(problems) < settings.regime_problems:
             problems.append(parse_prompt(row["prompt"]))
-    regime = regime_report(model, tokenizer, by_tier)
-    log("base model, held-out greedy accuracy: " + ", ".join(f"{k} {v:.2f}" for k, v in accuracy.items()))
+    regime = regime_report(model, tokenizer, by_tier, order=settings.expert_order)
+    greedy = {k: v for k, v in accuracy.items() if not k.startswith("sampled_")}
+    log("base model, held-out greedy accuracy: " + ", ".join(f"{k} {v:.2f}" for k, v in greedy.items()))
+    if settings.sampled_eval_k:
+        sampled = ", ".join(f"{k.removeprefix('sampled_')} {v:.2f}" for k, v in accuracy.items() if k not in greedy)
+        log(f"base model, held-out avg@{settings.sampled_eval_k} at T={settings.sampled_eval_temperature}: {sampled}")
     log(f"base model, held-out pass@8 ({settings.regime_problems} problems per tier):\n" + format_regime(regime))
     return accuracy, regime
 

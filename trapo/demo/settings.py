@@ -6,6 +6,7 @@ import os
 from dataclasses import dataclass, field
 
 from trapo.tasks.base import BaseSpec, default_cache_dir
+from trapo.tasks.chains import ORDERS
 
 DEMO_METHODS = ("trapo", "grpo", "sft", "sft-then-grpo", "luffy", "fixed-prefix", "naive-sft", "context-only")
 SWEEPABLE = ("alpha",)  # TRAPO settings `--sweep` can vary
@@ -25,10 +26,18 @@ class DemoSettings:
     # entropy gradient of such a batch up to a full learning-rate step, which alone collapsed GRPO (docs/demo.md).
     entropy_coef: float = 0.0
     alpha: float = 0.1  # TrSFT's trust-region bound (the paper's); trapo and fixed-prefix use it
+    # How the expert writes its derivations: "right" reduces the chain from the other end than the base model was
+    # taught ("left"), so expert tokens are unlikely under the policy, as a stronger model's traces are for a
+    # smaller one (docs/demo.md). Any order is a correct derivation for the verifier.
+    expert_order: str = "left"
     max_completion_length: int = 64  # the longest derivation (7 digits) is 57 tokens with its EOS
     train_problems: int = 2000
     eval_per_tier: int = 40
     eval_every: int = 5
+    # Besides greedy accuracy (the curves), the final model is scored under the paper's protocol: avg@k, k answers
+    # per problem sampled at temperature 0.6 (0: skip).
+    sampled_eval_k: int = 8
+    sampled_eval_temperature: float = 0.6
     regime_problems: int = 16  # held-out problems per tier for the base's pass@8 alone / with a prefix
     workers: int = field(default_factory=lambda: min(2, os.cpu_count() or 1))  # methods trained side by side
     device: str = "cpu"
@@ -45,6 +54,10 @@ class DemoSettings:
             raise ValueError("give at least one method")
         if self.seeds < 1 or self.steps < 1 or self.workers < 1:
             raise ValueError("seeds, steps and workers must be >= 1")
+        if self.expert_order not in ORDERS:
+            raise ValueError(f"expert_order must be one of {ORDERS}, got {self.expert_order!r}")
+        if self.sampled_eval_k < 0 or not self.sampled_eval_temperature > 0:
+            raise ValueError("sampled_eval_k must be >= 0 (0: skip) and sampled_eval_temperature > 0")
         if self.device not in ("cpu", "cuda"):
             raise ValueError(f"device must be 'cpu' or 'cuda', got {self.device!r}")
         for key in self.sweep or {}:

@@ -23,7 +23,7 @@ from pathlib import Path
 
 logger = logging.getLogger(__name__)
 
-TASK_VERSION = 3  # bump when the task or the warm start changes, to invalidate cached bases
+TASK_VERSION = 4  # bump when the task, its verifier or the warm start changes, to invalidate cached bases
 MIN_WARM_PASS = 0.9  # pass@8 alone on every warm-start tier: the base has the single step
 
 

@@ -17,8 +17,11 @@ only because they are longer than anything it has seen: the base model (`trapo.t
 finishes them once an expert prefix has shortened the chain. That is the situation TRAPO is built for.
 
 The reward (`chain_reward`) checks the whole derivation line by line, not only the final digit: a guessed digit is
-right one time in ten, so a pass@8 of guesses would be 57%. Train and held-out problems come from disjoint parts of
-problem space (a stable hash of the digits).
+right one time in ten, so a pass@8 of guesses would be 57%. Every line must be a legal step from the one before
+(any adjacent pair replaced by its sum mod 10): reducing from the left, as the base is taught, from the right, or in
+any mix is a correct derivation, so an expert that writes in another order than the policy (``to_rows(...,
+expert_order="right")``, `trapo demo --expert-order right`) is still a correct expert. Train and held-out problems
+come from disjoint parts of problem space (a stable hash of the digits).
 """
 
 from __future__ import annotations
@@ -35,6 +38,8 @@ TRAIN_TIERS = (2, 3, 4, 5, 6)  # what the demo's methods train on
 HARD_TIERS = (6,)  # trained on, never solved by the base alone, solved once half the derivation is given
 # Tier 7 is never trained on by anyone: does what was learned extrapolate to longer chains?
 PAD = "."
+DIGITS = "0123456789"
+ORDERS = ("left", "right")  # which end of the chain a derivation reduces first
 _PROMPT = re.compile(rf"\.*(\d{{2,{WIDTH}}})=")
 
 
@@ -58,16 +63,22 @@ class Problem:
     def answer(self) -> int:
         return sum(self.digits) % 10
 
-    def steps(self) -> list[str]:
-        """The derivation's lines: each replaces the first two digits by their sum mod 10."""
+    def steps(self, order: str = "left") -> list[str]:
+        """The derivation's lines: each replaces the first two digits (``order="left"``, how the base model is
+        taught) or the last two (``"right"``, how the demo's expert writes) by their sum mod 10."""
+        if order not in ORDERS:
+            raise ValueError(f"order must be one of {ORDERS}, got {order!r}")
         rest, lines = list(self.digits), []
         while len(rest) > 1:
-            rest = [(rest[0] + rest[1]) % 10, *rest[2:]]
+            if order == "left":
+                rest = [(rest[0] + rest[1]) % 10, *rest[2:]]
+            else:
+                rest = [*rest[:-2], (rest[-2] + rest[-1]) % 10]
             lines.append(_line(rest))
         return lines
 
-    def solution(self) -> str:
-        return "\n\n".join([*self.steps(), f"answer {self.answer}"])
+    def solution(self, order: str = "left") -> str:
+        return "\n\n".join([*self.steps(order), f"answer {self.answer}"])
 
 
 def _line(digits) -> str:
@@ -83,12 +94,32 @@ def parse_prompt(prompt: str) -> Problem | None:
 
 
 def verify(text: str, problem: Problem) -> bool:
-    """True iff ``text`` is the complete, correct derivation of ``problem``: every line, then ``answer N``.
+    """True iff ``text`` is a complete, correct derivation of ``problem``: lines separated by a blank line, each a
+    legal step from the one before (two adjacent digits replaced by their sum mod 10, the line right-aligned at
+    `WIDTH`), down to one digit, then ``answer N``.
 
-    Surrounding whitespace is ignored; anything else (a wrong sum, a misaligned line, a missing or extra step, text
-    after the answer) makes it wrong. Malformed input is simply wrong, never an error.
+    Any order of steps is legal (left to right, right to left, or mixed): each is a correct derivation, and the
+    answer is the same. Surrounding whitespace is ignored; anything else (a wrong sum, a misaligned line, a missing
+    or extra step, text after the answer) makes it wrong. Malformed input is simply wrong, never an error.
     """
-    return isinstance(text, str) and text.strip() == problem.solution()
+    if not isinstance(text, str):
+        return False
+    *lines, last = text.strip().split("\n\n")
+    previous = list(problem.digits)
+    for line in lines:
+        digits = line.lstrip(PAD)
+        if len(line) != WIDTH or not digits or set(digits) - set(DIGITS) or len(digits) != len(previous) - 1:
+            return False
+        current = [int(c) for c in digits]
+        if not any(current == _reduce_at(previous, j) for j in range(len(previous) - 1)):
+            return False
+        previous = current
+    return len(previous) == 1 and last == f"answer {problem.answer}"
+
+
+def _reduce_at(digits: list[int], j: int) -> list[int]:
+    """``digits`` with the pair at ``j``, ``j + 1`` replaced by its sum mod 10."""
+    return [*digits[:j], (digits[j] + digits[j + 1]) % 10, *digits[j + 2 :]]
 
 
 def chain_reward(completions: list, prompts: list, **kwargs) -> list[float]:
@@ -154,14 +185,15 @@ def make_problems(n: int, tiers: tuple[int, ...], split: str, seed: int = 0) -> 
     return problems
 
 
-def to_rows(problems: list[Problem]) -> list[dict]:
-    """Training rows in trapo's format: prompt, answer, expert (the derivation), plus the tier.
+def to_rows(problems: list[Problem], expert_order: str = "left") -> list[dict]:
+    """Training rows in trapo's format: prompt, answer, expert (the derivation in ``expert_order``), plus the tier.
 
-    The task has one correct derivation per problem, so the two expert traces a TRAPO row carries (the second for
-    the full-trace stage) are the same text.
+    The expert writes one derivation per problem, so the two expert traces a TRAPO row carries (the second for the
+    full-trace stage) are the same text.
     """
     return [
-        {"prompt": p.prompt, "answer": str(p.answer), "expert": [p.solution()] * 2, "tier": p.tier} for p in problems
+        {"prompt": p.prompt, "answer": str(p.answer), "expert": [p.solution(expert_order)] * 2, "tier": p.tier}
+        for p in problems
     ]
 
 

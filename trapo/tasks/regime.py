@@ -27,11 +27,13 @@ def guided_pass_at_k(
     max_new_tokens: int = 72,
     greedy: bool = False,
     seed: int = 0,
+    order: str = "left",
 ) -> dict[str, float]:
     """pass@k and per-sample success of ``model`` on ``problems`` when shown ``ratio`` of the expert solution.
 
-    Samples at temperature 1 (``greedy``: one greedy sample each, so pass@k is accuracy). The response scored is
-    prefix + continuation, as in training.
+    Samples at temperature 1 (``greedy``: one greedy sample each, so pass@k is accuracy). The prefix is cut from
+    the expert's derivation in ``order`` (`trapo.tasks.chains.ORDERS`); the response scored is prefix +
+    continuation, as in training.
     """
     was_training = model.training
     model.eval()
@@ -39,7 +41,7 @@ def guided_pass_at_k(
     contexts, prefixes = [], []
     for problem in problems:
         prompt = tokenizer(problem.prompt, add_special_tokens=False)["input_ids"]
-        solution = tokenizer(problem.solution(), add_special_tokens=False)["input_ids"]
+        solution = tokenizer(problem.solution(order), add_special_tokens=False)["input_ids"]
         prefix = solution[: cut_prefix(solution, ratio, boundary)] if ratio > 0 else []
         contexts.append(prompt + prefix)
         prefixes.append(prefix)
@@ -71,12 +73,16 @@ def guided_pass_at_k(
     return {"pass": solved.max(dim=1).values.mean().item(), "per_sample": solved.mean().item()}
 
 
-def regime_report(model, tokenizer, problems_by_tier: dict[int, list[Problem]], k: int = 8, seed: int = 0) -> dict:
-    """``{tier: {"alone": pass@k, "prefix_25": ..., "prefix_50": ...}}`` (each with per-sample success too)."""
+def regime_report(
+    model, tokenizer, problems_by_tier: dict[int, list[Problem]], k: int = 8, seed: int = 0, order: str = "left"
+) -> dict:
+    """``{tier: {"alone": pass@k, "prefix_25": ..., "prefix_50": ...}}`` (each with per-sample success too), the
+    prefixes cut from the expert's derivation in ``order``."""
     report = {}
     for tier, problems in sorted(problems_by_tier.items()):
         report[tier] = {
-            _name(ratio): guided_pass_at_k(model, tokenizer, problems, ratio, k=k, seed=seed) for ratio in RATIOS
+            _name(ratio): guided_pass_at_k(model, tokenizer, problems, ratio, k=k, seed=seed, order=order)
+            for ratio in RATIOS
         }
     return report
 
