@@ -190,3 +190,12 @@ def test_the_sampled_table_sits_beside_the_greedy_one():
     table = format_sampled_table(results)
     assert "avg@8, T=0.6" in table and "| trapo | 0.50 ± 0.10 | 0.50 ± 0.10 |" in table and "| base | 0.10 |" in table
     assert format_sampled_table({**results, "base": {"tier_5": 0.0, "hard": 0.0}}) is None  # not measured
+
+
+def test_warmup_applies_to_every_phase_of_a_method(tmp_path):
+    from trapo.demo.runner import method_args
+
+    configs = method_args("sft-then-grpo", 0, DemoSettings(warmup_steps=5), tmp_path)
+    for args in (configs["sft_args"], configs["rl_args"]):
+        assert args.warmup_steps == 5 and args.lr_scheduler_type == "constant_with_warmup"
+    assert method_args("grpo", 0, DemoSettings(), tmp_path)["rl_args"].warmup_steps == 0  # constant from step 1

@@ -23,6 +23,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--learning-rate", type=float, default=None, help="learning rate of every method")
     parser.add_argument("--alpha", type=float, default=None, help="TrSFT's α for the methods that use TrSFT")
     parser.add_argument(
+        "--warmup-steps", type=int, default=None, help="linear learning-rate warm-up at the start of each phase"
+    )
+    parser.add_argument(
         "--expert-order",
         choices=("left", "right"),
         default=None,
@@ -71,6 +74,7 @@ def settings_from_args(args: argparse.Namespace) -> DemoSettings:
         "steps": args.steps,
         "learning_rate": args.learning_rate,
         "alpha": args.alpha,
+        "warmup_steps": args.warmup_steps,
         "expert_order": args.expert_order,
         "workers": args.workers,
         "cache_dir": args.cache_dir,

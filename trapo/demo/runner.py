@@ -125,7 +125,8 @@ def method_args(method: str, seed: int, settings: DemoSettings, out_dir: Path, o
             per_device_train_batch_size=settings.prompts_per_step,
             max_expert_traces=1,  # the task's two traces are the same derivation
             learning_rate=settings.learning_rate,
-            lr_scheduler_type="constant",
+            lr_scheduler_type="constant_with_warmup",
+            warmup_steps=settings.warmup_steps,
             logging_strategy="no",
             **local,
         )
@@ -137,7 +138,8 @@ def method_args(method: str, seed: int, settings: DemoSettings, out_dir: Path, o
             per_device_train_batch_size=settings.prompts_per_step * settings.num_generations,
             max_steps=settings.steps - sft_steps,
             learning_rate=settings.learning_rate,
-            lr_scheduler_type="constant",
+            lr_scheduler_type="constant_with_warmup",
+            warmup_steps=settings.warmup_steps,
             max_completion_length=settings.max_completion_length,
             entropy_coef=settings.entropy_coef,
             alpha=settings.alpha,

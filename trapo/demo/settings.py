@@ -22,6 +22,8 @@ class DemoSettings:
     prompts_per_step: int = 8
     num_generations: int = 8
     learning_rate: float = 3e-4  # one learning rate for every method (docs/demo.md: the grid it was chosen from)
+    # Linear warm-up of the learning rate at the start of each training phase (0: constant from the first step).
+    warmup_steps: int = 0
     # No entropy bonus: most groups here have zero advantage (all right or all wrong), and Adam scales the tiny
     # entropy gradient of such a batch up to a full learning-rate step, which alone collapsed GRPO (docs/demo.md).
     entropy_coef: float = 0.0
