@@ -64,16 +64,23 @@ def test_pass_at_k_alone_and_with_prefixes_follows_what_the_prefix_leaves(tokeni
 def test_prefixes_follow_the_expert_order_and_a_mixed_derivation_counts(tokenizer):
     """An expert reducing from the right shows other lines than the policy's own order; the oracle finishes from
     them in its own order, and that mixed derivation is correct."""
-    oracle = ShortChainOracle(tokenizer, reach=3)
+    oracle = RecordingOracle(tokenizer, reach=3)
     six = make_problems(4, (6,), "eval")
     assert guided_pass_at_k(oracle, tokenizer, six, 0.5, order="right") == {"pass": 1.0, "per_sample": 1.0}
-    shown = []
-    oracle.generate = lambda input_ids, attention_mask, **kw: (
-        shown.append(tokenizer.decode(input_ids[0]))
-        or (ShortChainOracle.generate(oracle, input_ids, attention_mask, **kw))
-    )
-    guided_pass_at_k(oracle, tokenizer, six[:1], 0.5, k=1, order="right")
-    assert shown[0].split("=", 1)[1].startswith(six[0].steps("right")[0])
+    shown = oracle.shown[0].split("=", 1)[1]  # what the model was shown after the prompt: the expert's lines
+    assert shown.startswith(six[0].steps("right")[0]) and not shown.startswith(six[0].steps("left")[0])
+
+
+class RecordingOracle(ShortChainOracle):
+    """`ShortChainOracle` that keeps the text of the first context of every generate call."""
+
+    def __init__(self, tokenizer, reach: int):
+        super().__init__(tokenizer, reach)
+        self.shown: list[str] = []
+
+    def generate(self, input_ids, attention_mask, max_new_tokens, **kwargs):
+        self.shown.append(self.tokenizer.decode(input_ids[0][attention_mask[0].bool()]))
+        return super().generate(input_ids, attention_mask, max_new_tokens, **kwargs)
 
 
 def test_regime_report_and_criterion(tokenizer):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from trapo.demo.settings import DEMO_METHODS, SWEEPABLE, DemoSettings
+from trapo.tasks.chains import ORDERS
 
 HELP = "train a tiny model on the built-in task with TRAPO and the baselines (CPU, no downloads)"
 DESCRIPTION = (
@@ -27,7 +28,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--expert-order",
-        choices=("left", "right"),
+        choices=ORDERS,
         default=None,
         help="how the expert writes derivations: right = from the other end than the base model (off-policy), "
         "left = exactly like the base model (docs/demo.md)",

@@ -36,35 +36,35 @@ def paired_difference(records: list[dict], method: str, other: str, key: str = "
 
 def format_table(results: dict) -> str:
     """Held-out greedy accuracy per tier at the last step (mean ± std over seeds), the hard tiers' mean first."""
-    summary, base = results["summary"], results["base"]
-    tiers = [k for k in base if k.startswith("tier_")]
-    hard_tiers = results.get("hard_tiers", [])
-    head = ["method", "hard tiers (greedy)", *[_tier_label(t, hard_tiers) for t in tiers], "wall s", "guided"]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    lines.append("| base | " + " | ".join(f"{base[k]:.2f}" for k in ["hard", *tiers]) + " | | |")
-
-    for method, m in summary.items():
-        cells = [_cell(m[k]) for k in ["hard", *tiers]]
-        cells += [_cell(m["wall_seconds"], "{:.0f}"), f"{m['guided_share']['mean']:.0%}"]
-        lines.append(f"| {method} | " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+    extra = {
+        "wall s": lambda m: _cell(m["wall_seconds"], "{:.0f}"),
+        "guided": lambda m: f"{m['guided_share']['mean']:.0%}",
+    }
+    return _accuracy_table(results, "", "hard tiers (greedy)", extra)
 
 
 def format_sampled_table(results: dict) -> str | None:
     """The final models under the paper's protocol (avg@k, sampled at temperature 0.6), as `format_table` does;
     None when the run did not measure it."""
-    summary, base = results["summary"], results["base"]
-    if "sampled_hard" not in base or not all("sampled_hard" in m for m in summary.values()):
+    if "sampled_hard" not in results["base"] or not all("sampled_hard" in m for m in results["summary"].values()):
         return None
     settings = results.get("settings", {})
-    tiers = [k for k in base if k.startswith("sampled_tier_")]
-    hard_tiers = results.get("hard_tiers", [])
     label = f"avg@{settings.get('sampled_eval_k', '?')}, T={settings.get('sampled_eval_temperature', '?')}"
-    head = ["method", f"hard tiers ({label})", *[_tier_label(t.removeprefix("sampled_"), hard_tiers) for t in tiers]]
+    return _accuracy_table(results, "sampled_", f"hard tiers ({label})", {})
+
+
+def _accuracy_table(results: dict, prefix: str, hard_label: str, extra: dict) -> str:
+    """One row per method (and the base) of the ``prefix``-ed accuracies: the hard tiers' mean, then every tier, then
+    the ``extra`` columns (header → cell of a method's summary; empty for the base)."""
+    summary, base = results["summary"], results["base"]
+    tiers = [k for k in base if k.startswith(prefix + "tier_")]
+    hard_tiers = results.get("hard_tiers", [])
+    keys = [prefix + "hard", *tiers]
+    head = ["method", hard_label, *[_tier_label(t.removeprefix(prefix), hard_tiers) for t in tiers], *extra]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    lines.append("| base | " + " | ".join(f"{base[k]:.2f}" for k in ["sampled_hard", *tiers]) + " |")
+    lines.append("| base | " + " | ".join(f"{base[k]:.2f}" for k in keys) + " |" + " |" * len(extra))
     for method, m in summary.items():
-        cells = [_cell(m[k]) for k in ["sampled_hard", *tiers]]
+        cells = [_cell(m[k]) for k in keys] + [cell(m) for cell in extra.values()]
         lines.append(f"| {method} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 

@@ -70,7 +70,10 @@ def evaluate(
 
 
 def evaluate_sampled(model, tokenizer, eval_rows: list[dict], settings: DemoSettings, seed: int) -> dict[str, float]:
-    """`evaluate` under the paper's protocol (avg@k at temperature 0.6), seeded, keys prefixed ``sampled_``."""
+    """`evaluate` under the paper's protocol (avg@k at temperature 0.6), seeded, keys prefixed ``sampled_``; nothing
+    when ``settings.sampled_eval_k`` is 0."""
+    if not settings.sampled_eval_k:
+        return {}
     torch.manual_seed(seed)
     result = evaluate(
         model,
@@ -194,9 +197,7 @@ def run_method(
     )
     record["wall_seconds"] = time.perf_counter() - start - evaluator.eval_seconds
     record["curve"] = evaluator.curve
-    record["final"] = dict(record["curve"][-1][1])
-    if settings.sampled_eval_k:
-        record["final"] |= evaluate_sampled(model, tokenizer, eval_rows, settings, seed)
+    record["final"] = record["curve"][-1][1] | evaluate_sampled(model, tokenizer, eval_rows, settings, seed)
     record["guided_share"] = record["guided_samples"] / record["samples"] if record["samples"] else 0.0
     record["guidance"] = [
         {"step": h["step"], **{k.removeprefix("trapo/"): v for k, v in h.items() if k.startswith("trapo/guided_")}}
@@ -290,8 +291,7 @@ def measure_base(base: Path, settings: DemoSettings, eval_rows: list[dict], log)
     tokenizer = AutoTokenizer.from_pretrained(base)
     model = AutoModelForCausalLM.from_pretrained(base).to(settings.device)
     accuracy = evaluate(model, tokenizer, eval_rows, settings.max_completion_length)
-    if settings.sampled_eval_k:
-        accuracy |= evaluate_sampled(model, tokenizer, eval_rows, settings, seed=0)
+    accuracy |= evaluate_sampled(model, tokenizer, eval_rows, settings, seed=0)
     by_tier: dict[int, list] = {}
     for row in eval_rows:
         problems = by_tier.setdefault(row["tier"], [])

@@ -70,10 +70,7 @@ class Problem:
             raise ValueError(f"order must be one of {ORDERS}, got {order!r}")
         rest, lines = list(self.digits), []
         while len(rest) > 1:
-            if order == "left":
-                rest = [(rest[0] + rest[1]) % 10, *rest[2:]]
-            else:
-                rest = [*rest[:-2], (rest[-2] + rest[-1]) % 10]
+            rest = _reduce_at(rest, 0 if order == "left" else len(rest) - 2)
             lines.append(_line(rest))
         return lines
 
