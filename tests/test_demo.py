@@ -20,7 +20,7 @@ def test_quick_demo_writes_table_json_and_plots(tmp_path):
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
     cmd = [sys.executable, "-m", "trapo.cli", "demo", "--quick", "--cache-dir", str(tmp_path / "cache")]
     args = ["--methods", "trapo,grpo,sft,sft-then-grpo", "--alpha", "0.05", "--learning-rate", "5e-4"]
-    args += ["--sweep", "alpha=0.01,0.3", "--output-dir", str(out)]
+    args += ["--sweep", "alpha=0.01,0.3", "--sweep", "expert_deviation=0.5", "--output-dir", str(out)]
     proc = subprocess.run([*cmd, *args], capture_output=True, text=True, timeout=600, env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "| trapo |" in proc.stdout and "| sft-then-grpo |" in proc.stdout and "| trapo alpha=0.3 |" in proc.stdout
@@ -28,9 +28,11 @@ def test_quick_demo_writes_table_json_and_plots(tmp_path):
     assert "Warning" not in proc.stderr, proc.stderr[-3000:]  # no library deprecation noise
     results = json.loads((out / "results.json").read_text())
     methods = [r["method"] for r in results["runs"]]
-    assert methods == ["trapo", "grpo", "sft", "sft-then-grpo", "trapo alpha=0.01", "trapo alpha=0.3"]
+    plain = ["trapo", "grpo", "sft", "sft-then-grpo"]
+    assert methods == [*plain, "trapo alpha=0.01", "trapo alpha=0.3", *(f"{m} expert_deviation=0.5" for m in plain)]
     assert results["settings"]["alpha"] == 0.05 and results["settings"]["learning_rate"] == 5e-4
     assert results["runs"][4]["overrides"] == {"alpha": 0.01}
+    assert [r["base_method"] for r in results["runs"][6:]] == plain
     for tier in ("5", "6"):  # the base's pass@8 alone and with each prefix, per tier, before training
         assert set(results["base_regime"][tier]) == {"alone", "prefix_25", "prefix_50"}
     for run in results["runs"]:
@@ -63,21 +65,47 @@ def test_demo_settings_reject_bad_values():
         DemoSettings(device="tpu")
     with pytest.raises(ValueError, match="expert_order must be one of"):
         DemoSettings(expert_order="middle")
+    with pytest.raises(ValueError, match="expert_deviation must be a probability"):
+        DemoSettings(expert_deviation=1.5)
+    with pytest.raises(ValueError, match="first_seed"):
+        DemoSettings(first_seed=-1)
     with pytest.raises(ValueError, match="sampled_eval_k"):
         DemoSettings(sampled_eval_k=-1)
 
 
-def test_expert_order_flag_reaches_the_settings():
+def test_expert_and_seed_flags_reach_the_settings():
     import argparse
 
     from trapo.commands.demo import add_arguments, settings_from_args
+    from trapo.tasks.chains import Expert
 
     parser = argparse.ArgumentParser()
     add_arguments(parser)
-    assert settings_from_args(parser.parse_args([])).expert_order == "left"
+    default = settings_from_args(parser.parse_args([]))
+    assert default.expert == Expert(DemoSettings.expert_order, DemoSettings.expert_deviation)
     assert settings_from_args(parser.parse_args(["--expert-order", "right"])).expert_order == "right"
+    flags = ["--expert-deviation", "0.3", "--seeds", "2", "--first-seed", "3", "--methods", "sft"]
+    settings = settings_from_args(parser.parse_args(flags))
+    assert settings.expert == Expert(DemoSettings.expert_order, 0.3)
+    assert settings.runs() == [("sft", 3, {}), ("sft", 4, {})]
     with pytest.raises(SystemExit):
         parser.parse_args(["--expert-order", "up"])
+
+
+def test_a_task_sweep_trains_every_method_at_each_value_with_that_expert():
+    settings = DemoSettings(methods=("trapo", "sft"), sweep={"expert_deviation": (0.0, 0.3)}, expert_deviation=0.1)
+    assert settings.runs() == [
+        ("trapo", 0, {}),
+        ("sft", 0, {}),
+        ("trapo", 0, {"expert_deviation": 0.0}),
+        ("trapo", 0, {"expert_deviation": 0.3}),
+        ("sft", 0, {"expert_deviation": 0.0}),
+        ("sft", 0, {"expert_deviation": 0.3}),
+    ]
+    assert settings.with_overrides({"expert_deviation": 0.3}).expert.deviation == 0.3
+    assert settings.with_overrides({"alpha": 0.3}) is settings  # TRAPO's settings go to its config, not the task's
+    with pytest.raises(ValueError, match="expert_deviation must be a probability"):
+        DemoSettings(sweep={"expert_deviation": (0.1, 2.0)})
 
 
 def test_every_method_and_sweep_value_runs_on_every_seed():

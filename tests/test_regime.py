@@ -10,7 +10,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from trapo.tasks.chains import HARD_TIERS, WARM_TIERS, Problem, make_problems
+from trapo.tasks.chains import HARD_TIERS, WARM_TIERS, Expert, Problem, make_problems
 from trapo.tasks.regime import format_regime, guided_pass_at_k, in_regime, regime_report
 from trapo.tasks.tiny_model import build_tokenizer
 
@@ -66,7 +66,7 @@ def test_prefixes_follow_the_expert_order_and_a_mixed_derivation_counts(tokenize
     them in its own order, and that mixed derivation is correct."""
     oracle = RecordingOracle(tokenizer, reach=3)
     six = make_problems(4, (6,), "eval")
-    assert guided_pass_at_k(oracle, tokenizer, six, 0.5, order="right") == {"pass": 1.0, "per_sample": 1.0}
+    assert guided_pass_at_k(oracle, tokenizer, six, 0.5, expert=Expert("right")) == {"pass": 1.0, "per_sample": 1.0}
     shown = oracle.shown[0].split("=", 1)[1]  # what the model was shown after the prompt: the expert's lines
     assert shown.startswith(six[0].steps("right")[0]) and not shown.startswith(six[0].steps("left")[0])
 

@@ -10,7 +10,9 @@ from trapo.tasks.chains import (
     TRAIN_TIERS,
     WARM_TIERS,
     WIDTH,
+    Expert,
     Problem,
+    _reduce_at,
     chain_reward,
     is_held_out,
     make_problems,
@@ -37,10 +39,42 @@ def test_the_expert_order_reduces_from_the_other_end_and_is_a_correct_derivation
         problem.steps("middle")
 
 
-def test_rows_carry_the_expert_order_asked_for():
+def test_rows_carry_the_derivation_of_the_expert_asked_for():
     problem = Problem((4, 2, 7, 5))
-    assert to_rows([problem], expert_order="right")[0]["expert"] == [problem.solution("right")] * 2
+    assert to_rows([problem], Expert("right"))[0]["expert"] == [problem.solution("right")] * 2
     assert to_rows([problem])[0]["expert"] == [problem.solution("left")] * 2
+    assert to_rows([problem], Expert(deviation=0.5))[0]["expert"] == [problem.solution("left", 0.5)] * 2
+
+
+def _reduced_pairs(problem: Problem, lines: list[str]) -> list[tuple[int, int]]:
+    """(pair reduced, pairs there were) at each step of a derivation whose pair is unambiguous (with a 0 in the
+    middle, as in 4 0 7, two pairs give the same line)."""
+    previous, out = list(problem.digits), []
+    for line in lines:
+        current = [int(c) for c in line.lstrip(".")]
+        pairs = [j for j in range(len(previous) - 1) if _reduce_at(previous, j) == current]
+        if len(pairs) == 1:
+            out.append((pairs[0], len(previous) - 1))
+        previous = current
+    return out
+
+
+def test_a_deviating_expert_breaks_its_convention_at_about_that_share_of_steps_and_stays_correct():
+    problems = make_problems(300, (5, 6, 7), "train")
+    for order, home in (("left", lambda n: 0), ("right", lambda n: n - 1)):
+        assert all(p.steps(order, 0.0) == p.steps(order) for p in problems)
+        steps = [s for p in problems for s in _reduced_pairs(p, p.steps(order, 0.3)) if s[1] > 1]  # steps with a choice
+        off = sum(j != home(n) for j, n in steps) / len(steps)
+        assert 0.25 < off < 0.35, off
+        assert all(j != home(n) for p in problems for j, n in _reduced_pairs(p, p.steps(order, 1.0)) if n > 1)
+        assert all(verify(p.solution(order, d), p) for p in problems for d in (0.3, 1.0))
+    # One derivation per problem, whatever the process (seeded by the digits), so training rows are reproducible.
+    assert [p.solution("left", 0.3) for p in problems] == [p.solution("left", 0.3) for p in problems]
+    assert Problem((4, 2)).steps("left", 1.0) == ["......6"]  # two digits: no other pair to reduce
+    with pytest.raises(ValueError, match="deviation must be a probability"):
+        Expert(deviation=-0.1)
+    with pytest.raises(ValueError, match="order must be one of"):
+        Expert(order="middle")
 
 
 def test_every_line_has_the_same_width_and_reduces_the_chain_by_one():

@@ -20,6 +20,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--methods", default=",".join(DEMO_METHODS), help="comma-separated subset of " + ", ".join(DEMO_METHODS)
     )
     parser.add_argument("--seeds", type=int, default=1, help="seeds per method; the table shows mean ± std")
+    parser.add_argument(
+        "--first-seed", type=int, default=0, help="seeds are FIRST_SEED, FIRST_SEED + 1, … (add seeds to a run)"
+    )
     parser.add_argument("--steps", type=int, default=None, help="optimizer steps per method (equal budget)")
     parser.add_argument("--learning-rate", type=float, default=None, help="learning rate of every method")
     parser.add_argument("--alpha", type=float, default=None, help="TrSFT's α for the methods that use TrSFT")
@@ -30,8 +33,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--expert-order",
         choices=ORDERS,
         default=None,
-        help="how the expert writes derivations: right = from the other end than the base model (off-policy), "
-        "left = exactly like the base model (docs/demo.md)",
+        help="the convention the expert's derivations follow: left = the base model's own, right = the other end "
+        "(every digit unlikely under the policy; docs/demo.md)",
+    )
+    parser.add_argument(
+        "--expert-deviation",
+        type=float,
+        default=None,
+        metavar="P",
+        help="probability that a step of the expert's derivation breaks its convention (reduces another pair)",
     )
     parser.add_argument(
         "--sweep",
@@ -67,6 +77,7 @@ def settings_from_args(args: argparse.Namespace) -> DemoSettings:
     overrides = {
         "methods": tuple(m.strip() for m in args.methods.split(",") if m.strip()),
         "seeds": args.seeds,
+        "first_seed": args.first_seed,
         "output_dir": args.output_dir,
         "device": args.device,
         "sweep": parse_sweeps(args.sweep),
@@ -77,6 +88,7 @@ def settings_from_args(args: argparse.Namespace) -> DemoSettings:
         "alpha": args.alpha,
         "warmup_steps": args.warmup_steps,
         "expert_order": args.expert_order,
+        "expert_deviation": args.expert_deviation,
         "workers": args.workers,
         "cache_dir": args.cache_dir,
     }

@@ -179,23 +179,40 @@ def _guidance_series(runs: list[dict], key: str, window: int = 5):
 
 
 def _plot_sweep(plt, results: dict, path: Path) -> Path:
-    """Final hard-tier accuracy of TRAPO against each swept value (mean ± std over seeds)."""
+    """Final hard-tier accuracy against each swept setting (a row of panels per setting: greedy, and sampled when the
+    run measured it), one line per method trained at its values (mean ± std over seeds); the plain runs are each
+    line's point at the setting's default."""
     swept = [r for r in results["runs"] if r.get("overrides")]
-    fig, ax = plt.subplots(figsize=(5, 3.6))
-    for key in dict.fromkeys(k for r in swept for k in r["overrides"]):
-        default = results["settings"][key]  # the plain trapo runs are the sweep's point at the default value
-        points = [(r["overrides"][key], r) for r in swept if key in r["overrides"]]
-        points += [(default, r) for r in results["runs"] if r["method"] == "trapo" and not r.get("overrides")]
-        values = sorted({v for v, _ in points})
-        stats = [_mean_std([r["final"]["hard"] for v2, r in points if v2 == v]) for v in values]
-        ax.errorbar(values, [s["mean"] for s in stats], yerr=[s["std"] for s in stats], marker="o", capsize=3,
-                    label=f"trapo, {key}")  # fmt: skip
-        ax.set_xscale("log")
-        ax.set_xlabel(key)
-    ax.set_ylabel("final hard-tier accuracy")
-    ax.set_ylim(-0.03, 1.03)
-    ax.legend(fontsize=7)
+    keys = list(dict.fromkeys(k for r in swept for k in r["overrides"]))
+    metrics = {"hard": "greedy"}
+    if all("sampled_hard" in r["final"] for r in results["runs"]):
+        k = results["settings"].get("sampled_eval_k", "?")
+        metrics["sampled_hard"] = f"avg@{k}, T={results['settings'].get('sampled_eval_temperature', '?')}"
+    fig, axes = plt.subplots(len(keys), len(metrics), figsize=(4.6 * len(metrics), 3.4 * len(keys)), squeeze=False)
+    for row, key in zip(axes, keys, strict=True):
+        default = results["settings"][key]
+        for ax, (metric, label) in zip(row, metrics.items(), strict=True):
+            for method in dict.fromkeys(_base_method(r) for r in swept if key in r["overrides"]):
+                points = [(r["overrides"][key], r) for r in swept if r["overrides"].get(key) is not None]
+                points = [(v, r) for v, r in points if _base_method(r) == method]
+                points += [(default, r) for r in results["runs"] if r["method"] == method and not r.get("overrides")]
+                values = sorted({v for v, _ in points})
+                stats = [_mean_std([r["final"][metric] for v2, r in points if v2 == v]) for v in values]
+                ax.errorbar(values, [s["mean"] for s in stats], yerr=[s["std"] for s in stats], marker="o", capsize=3,
+                            label=method, lw=2.6 if method == "trapo" else 1.3)  # fmt: skip
+                if min(values) > 0:
+                    ax.set_xscale("log")
+            ax.set_xlabel(key)
+            ax.set_ylabel(f"final hard-tier accuracy ({label})")
+            ax.set_ylim(-0.03, 1.03)
+            ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+def _base_method(record: dict) -> str:
+    """The method a run trained, without its sweep values (records before `base_method` existed: the label's first
+    word)."""
+    return record.get("base_method") or record["method"].split()[0]

@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 from transformers import TrainerCallback
 
 from trapo.demo.report import format_sampled_table, format_table, plot, summarize
-from trapo.demo.settings import DemoSettings
+from trapo.demo.settings import TRAPO_SWEEPABLE, DemoSettings
 from trapo.tasks.base import base_model_path, base_record
 from trapo.tasks.chains import HARD_TIERS, TIERS, TRAIN_TIERS, chain_reward, make_problems, to_rows
 
@@ -149,7 +149,8 @@ def method_args(method: str, seed: int, settings: DemoSettings, out_dir: Path, o
             logging_steps=1,
             **local,
         )
-        configs["rl_args"] = TRAPOConfig(**{**values, **(overrides or {})})  # a sweep's value wins
+        trapo_overrides = {k: v for k, v in (overrides or {}).items() if k in TRAPO_SWEEPABLE}
+        configs["rl_args"] = TRAPOConfig(**{**values, **trapo_overrides})  # a sweep's value wins
     return configs
 
 
@@ -168,7 +169,8 @@ def run_method(
     model = AutoModelForCausalLM.from_pretrained(base).to(settings.device)
     label = method + "".join(f" {k}={v:g}" for k, v in (overrides or {}).items())
     out_dir = Path(settings.output_dir) / "runs" / f"{label.replace(' ', '-')}-seed{seed}"
-    record = {"method": label, "seed": seed, "overrides": overrides or {}, "generated_tokens": 0, "samples": 0}
+    record = {"method": label, "base_method": method, "seed": seed, "overrides": overrides or {}}
+    record |= {"generated_tokens": 0, "samples": 0}
     record["guided_samples"] = 0
     log_history: list[dict] = []
     evaluator = EvalCallback(
@@ -243,16 +245,18 @@ def run(settings: DemoSettings, log=print) -> dict:
         raise ValueError("--device cuda: CUDA is not available here; run on CPU (the default)")
     base = base_model_path(settings.base, settings.cache_dir, log)
     torch.set_num_threads(1)
-    train_rows = to_rows(make_problems(settings.train_problems, TRAIN_TIERS, "train", seed=0), settings.expert_order)
-    eval_rows = to_rows(
-        make_problems(settings.eval_per_tier * len(TIERS), TIERS, "eval", seed=0), settings.expert_order
-    )
+    train_problems = make_problems(settings.train_problems, TRAIN_TIERS, "train", seed=0)
+    eval_rows = to_rows(make_problems(settings.eval_per_tier * len(TIERS), TIERS, "eval", seed=0), settings.expert)
     base_eval, regime = measure_base(base, settings, eval_rows, log)
 
     runs = settings.runs()
     workers = 1 if settings.device == "cuda" else min(settings.workers, len(runs))
-    common = {"settings": settings, "base": base, "train_rows": train_rows, "eval_rows": eval_rows}
-    tasks = [{"method": m, "seed": seed, "overrides": ov, **common} for m, seed, ov in runs]
+    # A task-level sweep value (the expert's deviation) changes the training rows of the runs that use it.
+    tasks = [
+        {"method": m, "seed": seed, "overrides": ov, "settings": settings, "base": base, "eval_rows": eval_rows,
+         "train_rows": to_rows(train_problems, settings.with_overrides(ov).expert)}
+        for m, seed, ov in runs
+    ]  # fmt: skip
     total = settings.steps * len(runs)
     log(f"training {len(runs)} runs × {settings.steps} steps on {workers} process(es)")
     with tqdm(total=total, desc="training", unit="step") as bar:
@@ -297,7 +301,7 @@ def measure_base(base: Path, settings: DemoSettings, eval_rows: list[dict], log)
         problems = by_tier.setdefault(row["tier"], [])
         if len(problems) < settings.regime_problems:
             problems.append(parse_prompt(row["prompt"]))
-    regime = regime_report(model, tokenizer, by_tier, order=settings.expert_order)
+    regime = regime_report(model, tokenizer, by_tier, expert=settings.expert)
     greedy = {k: v for k, v in accuracy.items() if not k.startswith("sampled_")}
     log("base model, held-out greedy accuracy: " + ", ".join(f"{k} {v:.2f}" for k, v in greedy.items()))
     if settings.sampled_eval_k:

@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from trapo.tasks.base import BaseSpec, default_cache_dir
-from trapo.tasks.chains import ORDERS
+from trapo.tasks.chains import ORDERS, Expert
 
 DEMO_METHODS = ("trapo", "grpo", "sft", "sft-then-grpo", "luffy", "fixed-prefix", "naive-sft", "context-only")
-SWEEPABLE = ("alpha",)  # TRAPO settings `--sweep` can vary
+# What `--sweep` can vary: a TRAPO setting (only TRAPO is trained at each value) or a setting of the task (every
+# selected method is, since it changes what all of them learn from).
+TRAPO_SWEEPABLE = ("alpha",)
+TASK_SWEEPABLE = ("expert_deviation",)
+SWEEPABLE = TRAPO_SWEEPABLE + TASK_SWEEPABLE
 
 
 @dataclass
@@ -18,6 +22,7 @@ class DemoSettings:
 
     methods: tuple[str, ...] = DEMO_METHODS
     seeds: int = 1
+    first_seed: int = 0  # the seeds are first_seed, first_seed + 1, …: more seeds can be added to a run later
     steps: int = 40
     prompts_per_step: int = 8
     num_generations: int = 8
@@ -28,10 +33,13 @@ class DemoSettings:
     # entropy gradient of such a batch up to a full learning-rate step, which alone collapsed GRPO (docs/demo.md).
     entropy_coef: float = 0.0
     alpha: float = 0.1  # TrSFT's trust-region bound (the paper's); trapo and fixed-prefix use it
-    # How the expert writes its derivations: "right" reduces the chain from the other end than the base model was
-    # taught ("left"), so expert tokens are unlikely under the policy, as a stronger model's traces are for a
-    # smaller one (docs/demo.md). Any order is a correct derivation for the verifier.
+    # How the expert writes its derivations (`trapo.tasks.chains.Expert`, docs/demo.md "The expert"): the
+    # convention it follows ("left", the base model's own; "right", the other end) and the probability that a step
+    # reduces another pair instead. At 0.1 most of its tokens are the policy's own and some are unlikely under it,
+    # as a stronger model's traces are for a smaller one: the case TrSFT is for. Every derivation it writes is
+    # correct. (0: the expert writes exactly what the base was trained on; research record, items 13-15.)
     expert_order: str = "left"
+    expert_deviation: float = 0.1
     max_completion_length: int = 64  # the longest derivation (7 digits) is 57 tokens with its EOS
     train_problems: int = 2000
     eval_per_tier: int = 40
@@ -43,7 +51,8 @@ class DemoSettings:
     regime_problems: int = 16  # held-out problems per tier for the base's pass@8 alone / with a prefix
     workers: int = field(default_factory=lambda: min(2, os.cpu_count() or 1))  # methods trained side by side
     device: str = "cpu"
-    sweep: dict[str, tuple[float, ...]] | None = None  # e.g. {"alpha": (0.01, 0.1, 0.3)}: TRAPO at each value
+    # e.g. {"alpha": (0.01, 0.1, 0.3)}: TRAPO at each value; {"expert_deviation": (0.0, 0.2)}: every method at each
+    sweep: dict[str, tuple[float, ...]] | None = None
     base: BaseSpec = field(default_factory=BaseSpec)  # the tiny model and its warm start
     output_dir: str = "trapo-demo"
     cache_dir: str = field(default_factory=default_cache_dir)
@@ -56,15 +65,31 @@ class DemoSettings:
             raise ValueError("give at least one method")
         if self.seeds < 1 or self.steps < 1 or self.workers < 1:
             raise ValueError("seeds, steps and workers must be >= 1")
+        if self.first_seed < 0:
+            raise ValueError(f"first_seed must be >= 0, got {self.first_seed}")
         if self.expert_order not in ORDERS:
             raise ValueError(f"expert_order must be one of {ORDERS}, got {self.expert_order!r}")
+        if not 0.0 <= self.expert_deviation <= 1.0:
+            raise ValueError(f"expert_deviation must be a probability in [0, 1], got {self.expert_deviation!r}")
         if self.sampled_eval_k < 0 or not self.sampled_eval_temperature > 0:
             raise ValueError("sampled_eval_k must be >= 0 (0: skip) and sampled_eval_temperature > 0")
         if self.device not in ("cpu", "cuda"):
             raise ValueError(f"device must be 'cpu' or 'cuda', got {self.device!r}")
-        for key in self.sweep or {}:
+        for key, values in (self.sweep or {}).items():
             if key not in SWEEPABLE:
                 raise ValueError(f"cannot sweep {key!r}; sweepable: {', '.join(SWEEPABLE)}")
+            if key in TASK_SWEEPABLE:
+                for value in values:
+                    replace(self, sweep=None, **{key: value})  # each value checked as a setting of its own
+
+    @property
+    def expert(self) -> Expert:
+        return Expert(self.expert_order, self.expert_deviation)
+
+    def with_overrides(self, overrides: dict) -> DemoSettings:
+        """These settings with a run's task-level sweep values applied (TRAPO-level ones go to its config)."""
+        task = {k: v for k, v in overrides.items() if k in TASK_SWEEPABLE}
+        return replace(self, **task) if task else self
 
     @classmethod
     def quick(cls, **overrides) -> DemoSettings:
@@ -75,10 +100,14 @@ class DemoSettings:
         return cls(**values)
 
     def runs(self) -> list[tuple[str, int, dict]]:
-        """Every (method, seed, overrides) the demo trains: each method per seed, then each sweep value per seed."""
-        runs = [(m, seed, {}) for seed in range(self.seeds) for m in self.methods]
+        """Every (method, seed, overrides) the demo trains: each method per seed, then each sweep value per seed (for
+        TRAPO, or for every method when the swept setting is the task's)."""
+        seeds = range(self.first_seed, self.first_seed + self.seeds)
+        runs = [(m, seed, {}) for seed in seeds for m in self.methods]
         for key, values in (self.sweep or {}).items():
-            # The value TRAPO already runs at is not trained twice: its plain runs are that point of the sweep.
-            values = [v for v in values if not ("trapo" in self.methods and v == getattr(self, key))]
-            runs += [("trapo", seed, {key: v}) for seed in range(self.seeds) for v in values]
+            methods = self.methods if key in TASK_SWEEPABLE else ("trapo",)
+            for method in methods:
+                # The value the plain runs already use is not trained twice: they are that point of the sweep.
+                todo = [v for v in values if not (method in self.methods and v == getattr(self, key))]
+                runs += [(method, seed, {key: v}) for seed in seeds for v in todo]
         return runs

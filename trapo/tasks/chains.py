@@ -19,8 +19,8 @@ finishes them once an expert prefix has shortened the chain. That is the situati
 The reward (`chain_reward`) checks the whole derivation line by line, not only the final digit: a guessed digit is
 right one time in ten, so a pass@8 of guesses would be 57%. Every line must be a legal step from the one before
 (any adjacent pair replaced by its sum mod 10): reducing from the left, as the base is taught, from the right, or in
-any mix is a correct derivation, so an expert that writes in another order than the policy (``to_rows(...,
-expert_order="right")``, `trapo demo --expert-order right`) is still a correct expert. Train and held-out problems
+any mix is a correct derivation, so an expert that writes in another order than the policy, always (`Expert` with
+``order="right"``) or at some steps (``deviation``), is still a correct expert. Train and held-out problems
 come from disjoint parts of problem space (a stable hash of the digits).
 """
 
@@ -63,19 +63,56 @@ class Problem:
     def answer(self) -> int:
         return sum(self.digits) % 10
 
-    def steps(self, order: str = "left") -> list[str]:
+    def steps(self, order: str = "left", deviation: float = 0.0) -> list[str]:
         """The derivation's lines: each replaces the first two digits (``order="left"``, how the base model is
-        taught) or the last two (``"right"``, how the demo's expert writes) by their sum mod 10."""
-        if order not in ORDERS:
-            raise ValueError(f"order must be one of {ORDERS}, got {order!r}")
+        taught) or the last two (``"right"``) by their sum mod 10.
+
+        With ``deviation`` > 0, each step (of a chain with a choice left) reduces another adjacent pair instead with
+        that probability, drawn uniformly: a solver that mostly follows the convention and sometimes does not
+        (`Expert`). The draws are seeded by the digits, so a problem always gets the same derivation.
+        """
+        _check_expert(order, deviation)
+        rng = random.Random(hash_digits(self.digits))
         rest, lines = list(self.digits), []
         while len(rest) > 1:
-            rest = _reduce_at(rest, 0 if order == "left" else len(rest) - 2)
+            last = len(rest) - 2  # index of the last pair
+            j = 0 if order == "left" else last
+            if last > 0 and rng.random() < deviation:
+                j = (j + rng.randint(1, last)) % (last + 1)  # any pair but the conventional one
+            rest = _reduce_at(rest, j)
             lines.append(_line(rest))
         return lines
 
-    def solution(self, order: str = "left") -> str:
-        return "\n\n".join([*self.steps(order), f"answer {self.answer}"])
+    def solution(self, order: str = "left", deviation: float = 0.0) -> str:
+        return "\n\n".join([*self.steps(order, deviation), f"answer {self.answer}"])
+
+
+@dataclass(frozen=True)
+class Expert:
+    """Who writes the expert derivations the methods imitate (docs/demo.md, "The expert").
+
+    ``order`` is the convention it follows (``"left"``: the base model's own; ``"right"``: the other end, so every
+    digit it writes is unlikely under the policy) and ``deviation`` the probability that a step breaks it and
+    reduces another pair. Every derivation it writes is correct (the verifier accepts any legal order); what varies
+    is how far its tokens are from the policy's, the situation TrSFT is designed for: a stronger model's traces
+    are mostly plausible to the student and sometimes not.
+    """
+
+    order: str = "left"
+    deviation: float = 0.0
+
+    def __post_init__(self):
+        _check_expert(self.order, self.deviation)
+
+    def solution(self, problem: Problem) -> str:
+        return problem.solution(self.order, self.deviation)
+
+
+def _check_expert(order: str, deviation: float) -> None:
+    if order not in ORDERS:
+        raise ValueError(f"order must be one of {ORDERS}, got {order!r}")
+    if not 0.0 <= deviation <= 1.0:
+        raise ValueError(f"deviation must be a probability in [0, 1], got {deviation!r}")
 
 
 def _line(digits) -> str:
@@ -182,14 +219,16 @@ def make_problems(n: int, tiers: tuple[int, ...], split: str, seed: int = 0) -> 
     return problems
 
 
-def to_rows(problems: list[Problem], expert_order: str = "left") -> list[dict]:
-    """Training rows in trapo's format: prompt, answer, expert (the derivation in ``expert_order``), plus the tier.
+def to_rows(problems: list[Problem], expert: Expert | None = None) -> list[dict]:
+    """Training rows in trapo's format: prompt, answer, expert (the derivation ``expert`` writes, by default the
+    base model's own convention), plus the tier.
 
     The expert writes one derivation per problem, so the two expert traces a TRAPO row carries (the second for the
     full-trace stage) are the same text.
     """
+    expert = expert or Expert()
     return [
-        {"prompt": p.prompt, "answer": str(p.answer), "expert": [p.solution(expert_order)] * 2, "tier": p.tier}
+        {"prompt": p.prompt, "answer": str(p.answer), "expert": [expert.solution(p)] * 2, "tier": p.tier}
         for p in problems
     ]
 

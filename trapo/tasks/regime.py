@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 
 from trapo.core import cut_prefix
-from trapo.tasks.chains import Problem, verify
+from trapo.tasks.chains import Expert, Problem, verify
 
 RATIOS = (0.0, 0.25, 0.5)  # alone, and the paper's stage-2 and stage-3 prefixes
 
@@ -27,12 +27,12 @@ def guided_pass_at_k(
     max_new_tokens: int = 72,
     greedy: bool = False,
     seed: int = 0,
-    order: str = "left",
+    expert: Expert | None = None,
 ) -> dict[str, float]:
     """pass@k and per-sample success of ``model`` on ``problems`` when shown ``ratio`` of the expert solution.
 
     Samples at temperature 1 (``greedy``: one greedy sample each, so pass@k is accuracy). The prefix is cut from
-    the expert's derivation in ``order`` (`trapo.tasks.chains.ORDERS`); the response scored is prefix +
+    the derivation ``expert`` writes (by default the base's own convention); the response scored is prefix +
     continuation, as in training.
     """
     was_training = model.training
@@ -41,7 +41,7 @@ def guided_pass_at_k(
     contexts, prefixes = [], []
     for problem in problems:
         prompt = tokenizer(problem.prompt, add_special_tokens=False)["input_ids"]
-        solution = tokenizer(problem.solution(order), add_special_tokens=False)["input_ids"]
+        solution = tokenizer((expert or Expert()).solution(problem), add_special_tokens=False)["input_ids"]
         prefix = solution[: cut_prefix(solution, ratio, boundary)] if ratio > 0 else []
         contexts.append(prompt + prefix)
         prefixes.append(prefix)
@@ -74,14 +74,19 @@ def guided_pass_at_k(
 
 
 def regime_report(
-    model, tokenizer, problems_by_tier: dict[int, list[Problem]], k: int = 8, seed: int = 0, order: str = "left"
+    model,
+    tokenizer,
+    problems_by_tier: dict[int, list[Problem]],
+    k: int = 8,
+    seed: int = 0,
+    expert: Expert | None = None,
 ) -> dict:
     """``{tier: {"alone": pass@k, "prefix_25": ..., "prefix_50": ...}}`` (each with per-sample success too), the
-    prefixes cut from the expert's derivation in ``order``."""
+    prefixes cut from the derivation ``expert`` writes."""
     report = {}
     for tier, problems in sorted(problems_by_tier.items()):
         report[tier] = {
-            _name(ratio): guided_pass_at_k(model, tokenizer, problems, ratio, k=k, seed=seed, order=order)
+            _name(ratio): guided_pass_at_k(model, tokenizer, problems, ratio, k=k, seed=seed, expert=expert)
             for ratio in RATIOS
         }
     return report
