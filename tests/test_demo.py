@@ -145,8 +145,26 @@ def test_summary_and_paired_difference_over_seeds():
     )
     diff = paired_difference(records, "trapo", "grpo")
     assert diff["mean"] == pytest.approx(0.5) and diff["std"] == pytest.approx(0.1) and diff["n"] == 3
+    assert diff["ahead"] == 3
     table = format_table({"summary": summary, "base": {"tier_5": 0.0, "hard": 0.0}, "hard_tiers": [5]})
     assert "| trapo | 0.60 ± 0.10 | 0.60 ± 0.10 |" in table and "5 digits (hard)" in table
+
+
+def test_the_differences_table_pairs_seeds_and_counts_who_is_ahead():
+    from trapo.demo.report import format_differences
+
+    records = [record("trapo", s, h) for s, h in enumerate((0.5, 0.7, 0.6))]
+    records += [record("sft", s, h) for s, h in enumerate((0.6, 0.5, 0.2))]  # differences -0.1, +0.2, +0.4
+    records += [record("grpo", 0, 0.25)]  # one seed in common: no spread to show
+    table = format_differences({"runs": records})
+    assert "| trapo minus | greedy |" in table
+    assert "| sft | +0.17 ± 0.25 (ahead on 2 of 3 seeds) |" in table and "| grpo | +0.25 |" in table
+    for r, sampled in zip(records, (0.5, 0.5, 0.5, 0.1, 0.6, 0.7, 0.0), strict=True):
+        r["final"]["sampled_hard"] = sampled
+    sampled = format_differences({"runs": records, "settings": {"sampled_eval_k": 8}})
+    assert "| greedy | avg@8 |" in sampled and "| grpo | +0.25 | +0.50 |" in sampled
+    assert format_differences({"runs": records[:3]}) is None  # nothing to compare with
+    assert format_differences({"runs": records[3:]}) is None  # no TRAPO
 
 
 def test_a_swept_value_overrides_the_demo_setting(tmp_path):

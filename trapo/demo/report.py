@@ -25,13 +25,40 @@ def _mean_std(values: list[float]) -> dict:
 
 
 def paired_difference(records: list[dict], method: str, other: str, key: str = "hard") -> dict | None:
-    """Mean and std over seeds of ``method − other`` on ``key`` (paired by seed: same base, data and seed)."""
-    a = {r["seed"]: r["final"][key] for r in records if r["method"] == method}
-    b = {r["seed"]: r["final"][key] for r in records if r["method"] == other}
+    """Mean and std over seeds of ``method − other`` on ``key`` (paired by seed: same base, data and seed), the
+    number of seeds ``n`` and on how many of them ``method`` was ahead."""
+    a = {r["seed"]: r["final"][key] for r in records if r["method"] == method and key in r["final"]}
+    b = {r["seed"]: r["final"][key] for r in records if r["method"] == other and key in r["final"]}
     seeds = sorted(set(a) & set(b))
     if not seeds:
         return None
-    return _mean_std([a[s] - b[s] for s in seeds]) | {"n": len(seeds)}
+    differences = [a[s] - b[s] for s in seeds]
+    return _mean_std(differences) | {"n": len(seeds), "ahead": sum(d > 0 for d in differences)}
+
+
+def format_differences(results: dict, reference: str = "trapo") -> str | None:
+    """The hard tier, ``reference`` minus every other method, paired by seed (`paired_difference`), greedy and, when
+    measured, sampled; None when there is nothing to compare."""
+    records = results["runs"]
+    others = [m for m in dict.fromkeys(r["method"] for r in records) if m != reference]
+    if not others or not any(r["method"] == reference for r in records):
+        return None
+    columns = {"hard": "greedy"}
+    if all("sampled_hard" in r["final"] for r in records):
+        columns["sampled_hard"] = f"avg@{results.get('settings', {}).get('sampled_eval_k', '?')}"
+    lines = [f"| {reference} minus | " + " | ".join(columns.values()) + " |", "|---|" + "---|" * len(columns)]
+    for other in others:
+        cells = [_difference_cell(paired_difference(records, reference, other, key)) for key in columns]
+        lines.append(f"| {other} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def _difference_cell(diff: dict | None) -> str:
+    if diff is None:
+        return ""
+    if diff["n"] == 1:
+        return f"{diff['mean']:+.2f}"
+    return f"{diff['mean']:+.2f} ± {diff['std']:.2f} (ahead on {diff['ahead']} of {diff['n']} seeds)"
 
 
 def format_table(results: dict) -> str:

@@ -21,7 +21,7 @@ import torch
 from tqdm.auto import tqdm
 from transformers import TrainerCallback
 
-from trapo.demo.report import format_sampled_table, format_table, plot, summarize
+from trapo.demo.report import format_differences, format_sampled_table, format_table, plot, summarize
 from trapo.demo.settings import TRAPO_SWEEPABLE, DemoSettings
 from trapo.tasks.base import base_model_path, base_record
 from trapo.tasks.chains import HARD_TIERS, TIERS, TRAIN_TIERS, chain_reward, make_problems, to_rows
@@ -278,6 +278,9 @@ def run(settings: DemoSettings, log=print) -> dict:
     sampled = format_sampled_table(results)
     if sampled:
         table += "\n\nThe same final models under the paper's evaluation protocol (sampled answers):\n\n" + sampled
+    differences = format_differences(results)
+    if differences:
+        table += "\n\nOn the hard tier, TRAPO minus each method, paired by seed:\n\n" + differences
     (out / "results.md").write_text(table + "\n")
     paths = plot(results, out)
     log("\n" + table)
