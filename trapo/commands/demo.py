@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from trapo.demo.settings import DEMO_METHODS, SWEEPABLE, DemoSettings
+from trapo.demo.settings import DEMO_METHODS, TASK_SWEEPABLE, TRAPO_SWEEPABLE, DemoSettings
 from trapo.tasks.chains import ORDERS
 
 HELP = "train a tiny model on the built-in task with TRAPO and the baselines (CPU, no downloads)"
@@ -41,15 +41,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         type=float,
         default=None,
         metavar="P",
-        help="probability that a step of the expert's derivation breaks its convention (reduces another pair)",
+        help="probability that a step of the expert's derivation breaks its convention (reduces another pair; "
+        f"default {DemoSettings.expert_deviation})",
     )
     parser.add_argument(
         "--sweep",
         action="append",
         default=[],
         metavar="KEY=V1,V2,...",
-        help="also train TRAPO at each value, on the same seeds, and plot final hard-tier accuracy against it "
-        f"(sweepable: {', '.join(SWEEPABLE)}), e.g. --sweep alpha=0.01,0.1,0.3",
+        help="also train at each value, on the same seeds, and plot final hard-tier accuracy against it: TRAPO for "
+        f"its own settings ({', '.join(TRAPO_SWEEPABLE)}), every selected method for the task's "
+        f"({', '.join(TASK_SWEEPABLE)}); e.g. --sweep alpha=0.01,0.1,0.3",
     )
     parser.add_argument("--quick", action="store_true", help="smoke run: a few steps of everything (under 2 minutes)")
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="cuda: the same demo on a GPU")

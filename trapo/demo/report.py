@@ -217,14 +217,9 @@ def _plot_sweep(plt, results: dict, path: Path) -> Path:
         metrics["sampled_hard"] = f"avg@{k}, T={results['settings'].get('sampled_eval_temperature', '?')}"
     fig, axes = plt.subplots(len(keys), len(metrics), figsize=(4.6 * len(metrics), 3.4 * len(keys)), squeeze=False)
     for row, key in zip(axes, keys, strict=True):
-        default = results["settings"][key]
         for ax, (metric, label) in zip(row, metrics.items(), strict=True):
             for method in dict.fromkeys(_base_method(r) for r in swept if key in r["overrides"]):
-                points = [(r["overrides"][key], r) for r in swept if r["overrides"].get(key) is not None]
-                points = [(v, r) for v, r in points if _base_method(r) == method]
-                points += [(default, r) for r in results["runs"] if r["method"] == method and not r.get("overrides")]
-                values = sorted({v for v, _ in points})
-                stats = [_mean_std([r["final"][metric] for v2, r in points if v2 == v]) for v in values]
+                values, stats = _sweep_series(results, key, method, metric)
                 ax.errorbar(values, [s["mean"] for s in stats], yerr=[s["std"] for s in stats], marker="o", capsize=3,
                             label=method, lw=2.6 if method == "trapo" else 1.3)  # fmt: skip
                 if min(values) > 0:
@@ -237,6 +232,17 @@ def _plot_sweep(plt, results: dict, path: Path) -> Path:
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+def _sweep_series(results: dict, key: str, method: str, metric: str) -> tuple[list[float], list[dict]]:
+    """The values of ``key`` that ``method`` ran at, and mean ± std over seeds of its final ``metric`` at each; its
+    plain runs are the point at the setting's default."""
+    points = [(r["overrides"][key], r) for r in results["runs"] if key in r.get("overrides", {})]
+    points = [(v, r) for v, r in points if _base_method(r) == method]
+    default = results["settings"][key]
+    points += [(default, r) for r in results["runs"] if r["method"] == method and not r.get("overrides")]
+    values = sorted({v for v, _ in points})
+    return values, [_mean_std([r["final"][metric] for v2, r in points if v2 == v]) for v in values]
 
 
 def _base_method(record: dict) -> str:
