@@ -75,9 +75,26 @@ def format_sampled_table(results: dict) -> str | None:
     None when the run did not measure it."""
     if "sampled_hard" not in results["base"] or not all("sampled_hard" in m for m in results["summary"].values()):
         return None
+    return _accuracy_table(results, "sampled_", f"hard tiers ({_sampled_label(results)})", {})
+
+
+def _sampled_label(results: dict) -> str:
+    """How the sampled evaluation was run, e.g. ``avg@8, T=0.6``."""
     settings = results.get("settings", {})
-    label = f"avg@{settings.get('sampled_eval_k', '?')}, T={settings.get('sampled_eval_temperature', '?')}"
-    return _accuracy_table(results, "sampled_", f"hard tiers ({label})", {})
+    return f"avg@{settings.get('sampled_eval_k', '?')}, T={settings.get('sampled_eval_temperature', '?')}"
+
+
+def format_results(results: dict) -> str:
+    """What `trapo demo` prints and writes to results.md: the greedy table, the sampled one when measured, and TRAPO
+    minus each method."""
+    text = format_table(results)
+    sampled = format_sampled_table(results)
+    if sampled:
+        text += "\n\nThe same final models under the paper's evaluation protocol (sampled answers):\n\n" + sampled
+    differences = format_differences(results)
+    if differences:
+        text += "\n\nOn the hard tier, TRAPO minus each method, paired by seed:\n\n" + differences
+    return text
 
 
 def _accuracy_table(results: dict, prefix: str, hard_label: str, extra: dict) -> str:
@@ -213,8 +230,7 @@ def _plot_sweep(plt, results: dict, path: Path) -> Path:
     keys = list(dict.fromkeys(k for r in swept for k in r["overrides"]))
     metrics = {"hard": "greedy"}
     if all("sampled_hard" in r["final"] for r in results["runs"]):
-        k = results["settings"].get("sampled_eval_k", "?")
-        metrics["sampled_hard"] = f"avg@{k}, T={results['settings'].get('sampled_eval_temperature', '?')}"
+        metrics["sampled_hard"] = _sampled_label(results)
     fig, axes = plt.subplots(len(keys), len(metrics), figsize=(4.6 * len(metrics), 3.4 * len(keys)), squeeze=False)
     for row, key in zip(axes, keys, strict=True):
         for ax, (metric, label) in zip(row, metrics.items(), strict=True):

@@ -9,6 +9,7 @@ sub-million-parameter model gains nothing from a second thread but a second core
 
 from __future__ import annotations
 
+import functools
 import json
 import multiprocessing as mp
 import threading
@@ -21,7 +22,7 @@ import torch
 from tqdm.auto import tqdm
 from transformers import TrainerCallback
 
-from trapo.demo.report import format_differences, format_sampled_table, format_table, plot, summarize
+from trapo.demo.report import format_results, plot, summarize
 from trapo.demo.settings import TRAPO_SWEEPABLE, DemoSettings
 from trapo.tasks.base import base_model_path, base_record
 from trapo.tasks.chains import HARD_TIERS, TIERS, TRAIN_TIERS, chain_reward, make_problems, to_rows
@@ -251,10 +252,12 @@ def run(settings: DemoSettings, log=print) -> dict:
 
     runs = settings.runs()
     workers = 1 if settings.device == "cuda" else min(settings.workers, len(runs))
-    # A task-level sweep value (the expert's deviation) changes the training rows of the runs that use it.
+    # A task-level sweep value (the expert's deviation) changes the training rows of the runs that use it; the rows
+    # are written once per expert.
+    rows_for = functools.cache(lambda expert: to_rows(train_problems, expert))
     tasks = [
         {"method": m, "seed": seed, "overrides": ov, "settings": settings, "base": base, "eval_rows": eval_rows,
-         "train_rows": to_rows(train_problems, settings.with_overrides(ov).expert)}
+         "train_rows": rows_for(settings.with_overrides(ov).expert)}
         for m, seed, ov in runs
     ]  # fmt: skip
     total = settings.steps * len(runs)
@@ -274,13 +277,7 @@ def run(settings: DemoSettings, log=print) -> dict:
         "summary": summarize(records),
     }
     (out / "results.json").write_text(json.dumps(results, indent=2, default=str))
-    table = format_table(results)
-    sampled = format_sampled_table(results)
-    if sampled:
-        table += "\n\nThe same final models under the paper's evaluation protocol (sampled answers):\n\n" + sampled
-    differences = format_differences(results)
-    if differences:
-        table += "\n\nOn the hard tier, TRAPO minus each method, paired by seed:\n\n" + differences
+    table = format_results(results)
     (out / "results.md").write_text(table + "\n")
     paths = plot(results, out)
     log("\n" + table)
