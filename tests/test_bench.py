@@ -17,7 +17,7 @@ import torch
 from trapo.bench import run as bench
 from trapo.bench.meter import PHASES, MissingHookError, StepMeter
 from trapo.bench.report import BEGIN, END, format_report, write_report
-from trapo.bench.run import BenchSettings, make_reward
+from trapo.bench.setup import BenchSettings, make_reward
 
 SETTINGS = dict(
     methods=("trapo", "grpo"),

@@ -13,8 +13,8 @@ import time
 import pytest
 
 from trapo.rewards import MathReward, math_reward, reward_stats
-from trapo.rewards.math import gold_text, last_boxed, prediction_text
 from trapo.rewards.math_pool import _KILL_GRACE_S
+from trapo.rewards.verify import gold_text, last_boxed, prediction_text
 
 TIMEOUT = 1.0
 PATHOLOGICAL = "\\boxed{9^{9^{9^{9}}}}"

@@ -198,40 +198,9 @@ def test_generation_budget_knobs_exist(tmp_path, tiny_model, tokenizer, addition
     assert "max_completion_length" in inspect.signature(VLLMGeneration.__init__).parameters
 
 
-@pytest.mark.parametrize(
-    ("old", "names"),
-    [
-        ("trapo.presets", ["RL_PRESETS", "rl_preset", "ALL_METHODS"]),
-        ("trapo.methods", ["TRAPOSFTConfig", "TrSFTTrainer", "train_sft", "train_method", "train_sft_then_grpo"]),
-        ("trapo.train_config", ["load_train_plan", "TrainScriptArguments", "run_train"]),
-        ("trapo.quiet_runs", ["local_trainer_args", "quiet_libraries", "quiet_trainer"]),
-        ("trapo.pipeline", ["run_pipelined", "simulate", "FakeEngine"]),
-    ],
-)
-def test_old_module_paths_still_import_with_a_deprecation_warning(old, names):
-    import importlib
-    import sys
-
-    sys.modules.pop(old, None)
-    with pytest.warns(FutureWarning, match=f"{old} is deprecated"):
-        module = importlib.import_module(old)
-    for name in names:
-        assert getattr(module, name) is not None, name
-
-
 def test_public_api_imports_from_the_package_root():
     from trapo import TRAPOConfig, TRAPOTrainer
     from trapo.config import TRAPOConfig as config_class
     from trapo.trainer import TRAPOTrainer as trainer_class
 
     assert TRAPOConfig is config_class and TRAPOTrainer is trainer_class
-
-
-def test_sft_loss_is_a_deprecated_alias_of_prefix_loss(tmp_path):
-    from trapo.config import TRAPOConfig
-
-    with pytest.warns(FutureWarning, match="prefix_loss"):
-        args = TRAPOConfig(output_dir=str(tmp_path), use_cpu=True, report_to=[], sft_loss="nll")
-    assert args.prefix_loss == "nll" and args.sft_loss is None
-    with pytest.raises(ValueError, match="disagree"), pytest.warns(FutureWarning):
-        TRAPOConfig(output_dir=str(tmp_path), use_cpu=True, report_to=[], sft_loss="nll", prefix_loss="trsft")

@@ -7,7 +7,6 @@ settings select are in ``docs/method.md``.
 
 from __future__ import annotations
 
-import warnings
 from dataclasses import dataclass, field
 
 from trl import GRPOConfig
@@ -90,9 +89,6 @@ class TRAPOConfig(GRPOConfig):
     prefix_loss: str | None = field(
         default=None,
         metadata={"help": "Loss on imitated expert-prefix tokens: trsft | nll | luffy | none. None = the method's."},
-    )
-    sft_loss: str | None = field(
-        default=None, metadata={"help": "Deprecated alias of `prefix_loss` (removed in the next release)."}
     )
     luffy_gamma: float = field(default=0.1, metadata={"help": "γ of the luffy loss -p/(p+γ)."})
     prefix_weight: str | None = field(
@@ -223,15 +219,6 @@ class TRAPOConfig(GRPOConfig):
                 "prompt groups, because the guidance decisions of a prompt need all its samples"
             )
         super().__post_init__()
-        if self.sft_loss is not None:
-            warnings.warn(
-                "TRAPOConfig.sft_loss is deprecated: it is the loss on expert-prefix tokens, now `prefix_loss`",
-                FutureWarning,
-                stacklevel=3,
-            )
-            if self.prefix_loss is not None and self.prefix_loss != self.sft_loss:
-                raise ValueError(f"sft_loss={self.sft_loss!r} and prefix_loss={self.prefix_loss!r} disagree; set one")
-            self.prefix_loss, self.sft_loss = self.sft_loss, None
         preset = rl_preset(self.method, self.num_generations)
         for key, value in preset.items():
             if getattr(self, key) is None:

@@ -7,6 +7,7 @@
 
 from trapo.bench.meter import PeakMemory, StepMeter
 from trapo.bench.report import format_report, summarize, write_report
-from trapo.bench.run import BenchSettings, run_bench
+from trapo.bench.run import run_bench
+from trapo.bench.setup import BenchSettings
 
 __all__ = ["BenchSettings", "PeakMemory", "StepMeter", "format_report", "run_bench", "summarize", "write_report"]

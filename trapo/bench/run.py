@@ -13,60 +13,13 @@ import statistics
 import time
 import traceback
 from collections import Counter
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 
 from trapo.bench.meter import PHASES, PeakMemory, StepMeter
 from trapo.bench.report import load_average, machine_info, rep_metrics, summarize
-from trapo.bench.setup import _log, load_bench_model, make_reward, prepare_bench_model
+from trapo.bench.setup import BenchSettings, _log, load_bench_model, make_reward, prepare_bench_model
 from trapo.local_runs import local_trainer_args, quiet_libraries, quiet_trainer
-from trapo.tasks.base import default_cache_dir
-
-BENCH_METHODS = ("trapo", "grpo", "trl-grpo")  # trl-grpo: TRL's own GRPOTrainer, the reference for `grpo`
-
-
-@dataclass
-class BenchSettings:
-    """One benchmark run. ``model='tiny'``: the demo's warm-started base on CPU (it solves 2-operand chains and fails
-    longer ones, so guidance fires on part of the prompts); ``model='large'``: random weights from a config."""
-
-    methods: tuple[str, ...] = ("trapo", "grpo")
-    model: str = "tiny"
-    reps: int = 5
-    steps: int = 2  # timed optimizer steps per repetition
-    warmup_steps: int = 1  # untimed steps first (lazy initialisation, optimizer state)
-    prompts_per_step: int = 8
-    num_generations: int = 8
-    max_completion_length: int = 64
-    reward: str = "chain"  # chain (the task's verifier) | random:P (1 with probability P, seeded by the text)
-    isolate: bool = True  # one worker process per method
-    seed: int = 0
-    rollout: str | None = None  # TRAPOConfig.rollout for TRAPO (None: the trainer's default)
-    threads: int = 2
-    # The large model (GPU): random weights, from a Llama of this size or from a transformers config (large_config:
-    # a config.json, a model folder or a Hub name), so the model is shaped like a real one.
-    large_hidden: int = 1024
-    large_layers: int = 12
-    large_heads: int = 16
-    large_config: str | None = None
-    grad_accum: int = 1  # micro-batches per optimizer step (gradient accumulation); one generation per step
-    device: str = "auto"  # auto | cpu | cuda (tiny always runs on CPU unless set to cuda)
-    cache_dir: str = field(default_factory=default_cache_dir)
-    train_problems: int = 600
-
-    def __post_init__(self):
-        unknown = [m for m in self.methods if m not in BENCH_METHODS]
-        if unknown:
-            raise ValueError(f"unknown bench method(s) {unknown}; choose from {', '.join(BENCH_METHODS)}")
-        if self.model not in ("tiny", "large"):
-            raise ValueError(f"model must be 'tiny' or 'large', got {self.model!r}")
-        if self.reps < 1 or self.steps < 1 or self.warmup_steps < 0:
-            raise ValueError("reps and steps must be ≥ 1, warmup_steps ≥ 0")
-        rows = self.prompts_per_step * self.num_generations
-        if self.grad_accum < 1 or rows % self.grad_accum:
-            raise ValueError(f"grad_accum must divide the {rows} samples of a step, got {self.grad_accum}")
-        make_reward(self.reward)  # validates
-
 
 # ---------------------------------------------------------------------------------------------------- running
 

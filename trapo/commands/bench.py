@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from trapo.bench.run import BENCH_METHODS, BenchSettings
+from trapo.bench.setup import BENCH_METHODS, BenchSettings
 
 HELP = "per-step cost of TRAPO vs GRPO, side by side (prints a report; --output FILE writes it)"
 

@@ -11,7 +11,8 @@ from collections.abc import Sequence
 
 from trapo.data.text import after_think
 from trapo.eval.benchmarks import CHOICE_BENCHMARKS, Problem
-from trapo.rewards.math import MathReward, last_boxed
+from trapo.rewards.math import MathReward
+from trapo.rewards.verify import last_boxed
 
 DEFAULT_LABELS = ("A", "B", "C", "D", "E")
 _TEXT_WRAPPER = re.compile(r"\\(?:text|textbf|mathrm|mathbf)\s*\{([^{}]*)\}")

@@ -15,7 +15,7 @@ import time
 import weakref
 from collections import deque
 
-from trapo.rewards.math import _parse_gold, score_one
+from trapo.rewards.verify import _parse_gold, score_one
 
 _KILL_GRACE_S = 1.0  # the parent kills a worker this long after the worker's own alarm should have fired
 _STARTUP_TIMEOUT_S = 120.0  # a fresh worker imports sympy: seconds on a loaded machine, never minutes
