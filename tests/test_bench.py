@@ -207,8 +207,12 @@ def test_bench_settings_reject_bad_values(overrides):
         BenchSettings(**overrides)
 
 
-def test_bench_settings_accept_every_bench_method():
-    assert BenchSettings(methods=bench.BENCH_METHODS).methods == ("trapo", "grpo", "trl-grpo")
+def test_bench_settings_accept_every_rl_method_and_trls_own_grpo():
+    from trapo.bench.setup import BENCH_METHODS
+    from trapo.recipes import RL_METHODS
+
+    assert set(BENCH_METHODS) == {*RL_METHODS, "trl-grpo"}
+    assert BenchSettings(methods=BENCH_METHODS).methods == BENCH_METHODS
 
 
 def test_cli_bench_help_lists_its_options(capsys):

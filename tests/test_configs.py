@@ -13,12 +13,13 @@ import yaml
 from conftest import addition_rows
 
 from trapo.cli import main
-from trapo.commands.train import load_train_plan
-from trapo.config import RL_PRESETS, TRAPOConfig, rl_preset
+from trapo.config import TRAPOConfig
 from trapo.core import PAPER_SCHEDULE
 from trapo.core.schedule import schedule_as_data
 from trapo.models import with_context_overrides
+from trapo.recipes import RL_METHODS, rl_preset
 from trapo.sft import TRAPOSFTConfig
+from trapo.train_plan import load_train_plan
 
 PAPER_STAGES = schedule_as_data(PAPER_SCHEDULE)
 
@@ -38,7 +39,7 @@ def test_every_config_resolves(path, tmp_path):
     assert plan.script.model_name_or_path == "Qwen/Qwen2.5-Math-7B"
     assert plan.script.rope_theta == 40000 and plan.script.max_position_embeddings == 16384
     assert Path(plan.script.chat_template_file).is_file()
-    if plan.method in RL_PRESETS or plan.method == "sft-then-grpo":
+    if plan.method in RL_METHODS or plan.method == "sft-then-grpo":
         assert isinstance(plan.rl_args, TRAPOConfig)
         preset = rl_preset(plan.rl_args.method, plan.rl_args.num_generations)
         assert plan.rl_args.schedule == preset["schedule"] and plan.rl_args.prefix_loss == preset["prefix_loss"]
@@ -214,7 +215,7 @@ def test_trapo_train_resume_continues_from_the_last_complete_checkpoint(tmp_path
 # ------------------------------------------------------------------------------------------- fidelity (docs/method.md)
 
 
-@pytest.mark.parametrize("method", sorted(RL_PRESETS))
+@pytest.mark.parametrize("method", sorted(RL_METHODS))
 def test_no_vllm_importance_sampling_correction_unless_asked(tmp_path, method):
     """TRL turns it on by default; neither the paper nor the released code has one."""
     assert not TRAPOConfig(

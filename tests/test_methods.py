@@ -13,7 +13,6 @@ from trl import SFTTrainer
 from trl.trainer.utils import FusedCausalLMOutput
 
 from trapo import recipes
-from trapo.recipes import train_sft_then_grpo
 from trapo.sft import TRAPOSFTConfig, TrSFTTrainer, expert_sft_dataset, train_sft
 
 
@@ -224,23 +223,19 @@ def test_sft_then_grpo_trains_in_both_phases(tmp_path, tiny_model, tokenizer, ad
         return [float(len(c) % 2) for c in completions]
 
     grpo_args = tiny_config(tmp_path, method="grpo", num_generations=4, per_device_train_batch_size=8)
+    def run(sft_args, rl_args, **kwargs):
+        return recipes.train_method(
+            "sft-then-grpo", tiny_model, tokenizer, addition_dataset, [parity_reward], sft_args=sft_args,
+            rl_args=rl_args, **kwargs
+        )  # fmt: skip
+
     with pytest.raises(ValueError, match=r"agree on \['bf16'\]"):
-        train_sft_then_grpo(
-            tiny_model, tokenizer, addition_dataset, [parity_reward], sft_config(tmp_path, bf16=False), grpo_args
-        )
-    with pytest.raises(ValueError, match="method='grpo'"):
-        train_sft_then_grpo(
-            tiny_model, tokenizer, addition_dataset, [parity_reward], sft_config(tmp_path), tiny_config(tmp_path)
-        )
-    model = train_sft_then_grpo(
-        tiny_model,
-        tokenizer,
-        addition_dataset,
-        [parity_reward],
-        sft_config(tmp_path),
-        grpo_args,
-        on_phase_end=after_phase,
-    )
+        run(sft_config(tmp_path, bf16=False), grpo_args)
+    with pytest.raises(ValueError, match="rl_args.method is 'trapo'"):
+        run(sft_config(tmp_path), tiny_config(tmp_path))
+    with pytest.raises(ValueError, match="sft_loss='nll'"):
+        run(sft_config(tmp_path, sft_loss="trsft"), grpo_args)
+    model = run(sft_config(tmp_path), grpo_args, on_phase_end=after_phase)
 
     def changed(a, b):
         return any(not torch.equal(x, y) for x, y in zip(a, b, strict=True))

@@ -6,8 +6,9 @@ import pytest
 import torch
 from conftest import constant_reward, tiny_config
 
-from trapo.config import RL_PRESETS, TRAPOConfig
+from trapo.config import TRAPOConfig
 from trapo.core import mixed_loss
+from trapo.recipes import RL_METHODS
 from trapo.trainer import TRAPOTrainer
 
 
@@ -25,7 +26,7 @@ def rollout(trainer, dataset, num_prompts=2):
     return trainer._generate_and_score_completions(rows)
 
 
-@pytest.mark.parametrize("method", sorted(RL_PRESETS))
+@pytest.mark.parametrize("method", sorted(RL_METHODS))
 def test_every_rl_preset_trains_two_steps(tmp_path, tiny_model, tokenizer, addition_dataset, method):
     before = [p.detach().clone() for p in tiny_model.parameters()]
     trainer = make_trainer(tmp_path, tiny_model, tokenizer, addition_dataset, reward=0.0, method=method)
@@ -151,7 +152,7 @@ def test_custom_schedule_from_config_and_grpo_sized_by_num_generations(tmp_path)
     ("overrides", "message"),
     [
         ({"method": "ppo"}, "unknown method 'ppo'"),
-        ({"method": "sft"}, "SFT baseline"),
+        ({"method": "sft"}, "has an SFT phase"),
         ({"prefix_loss": "kl"}, "prefix_loss must be one of"),
         ({"alpha": 0.0}, r"alpha must be in \(0, 1\]"),
         ({"schedule": [{"n": 4}, {"n": 4, "prefix_ratio": 0.5}]}, "needs a threshold"),

@@ -1,4 +1,5 @@
-"""`TRAPOConfig` and the RL presets: every method of `TRAPOTrainer` is a handful of config values.
+"""`TRAPOConfig`: `GRPOConfig` plus TRAPO's settings; every method of `TRAPOTrainer` is a preset of them
+(`trapo.recipes`).
 
 Split like TRL's ``grpo_config.py`` / ``grpo_trainer.py``: this module holds settings and their validation only, so
 a config can be built, printed and checked (``trapo train --dry-run``) without touching a model. The rules the
@@ -14,51 +15,12 @@ from trl import GRPOConfig
 from trapo.core import (
     ENTROPY_TOKENS,
     LOSS_NORMALIZATIONS,
-    PAPER_SCHEDULE,
     PREFIX_LOSS_KINDS,
-    MicroGroup,
     parse_schedule,
     schedule_size,
 )
-from trapo.core.schedule import always_guided, schedule_as_data
+from trapo.recipes import RL_METHODS, rl_preset
 from trapo.rollout import ROLLOUT_CHOICES
-
-# ---------------------------------------------------------------------------------------------------- presets
-
-RL_PRESETS: dict[str, dict] = {
-    # The method: adaptive micro-groups + trust-region SFT on each distinct prefix.
-    "trapo": {"schedule": PAPER_SCHEDULE, "prefix_loss": "trsft"},
-    # Plain GRPO (Dr. GRPO loss): one stage of num_generations unguided samples.
-    "grpo": {"schedule": None, "prefix_loss": "none"},
-    # Ablation "no adaptivity" (not in the paper): the same stages, every guided stage fires whatever the rewards.
-    "fixed-prefix": {"schedule": always_guided(PAPER_SCHEDULE), "prefix_loss": "trsft"},
-    # Ablation "micro-groups only": prefixes are context, their tokens get no loss.
-    "context-only": {"schedule": PAPER_SCHEDULE, "prefix_loss": "none"},
-    # Ablation "standard SFT on prefixes": NLL instead of TrSFT (collapses in the paper: 32.3).
-    "naive-sft": {"schedule": PAPER_SCHEDULE, "prefix_loss": "nll"},
-    # LUFFY: 7 on-policy samples + 1 off-policy expert trace, advantage-weighted p/(p+γ) shaping.
-    "luffy": {
-        "schedule": (MicroGroup(7), MicroGroup(1, 1.0, float("inf"))),
-        "prefix_loss": "luffy",
-        "prefix_weight": "advantage",
-        "second_trace_for_full": False,
-    },
-}
-
-
-def rl_preset(method: str, num_generations: int) -> dict:
-    """The config values of an RL preset; ``grpo`` sizes its single stage to ``num_generations``."""
-    if method not in RL_PRESETS:
-        hint = ""
-        if method in ("sft", "sft-then-grpo"):
-            hint = f" ({method} is an SFT baseline: run it with trapo.recipes.train_method or `trapo train`)"
-        raise ValueError(f"unknown method {method!r} for TRAPOTrainer; choose one of {', '.join(RL_PRESETS)}{hint}")
-    values = {"prefix_weight": "one", "second_trace_for_full": True, **RL_PRESETS[method]}
-    values["schedule"] = schedule_as_data(values["schedule"] or (MicroGroup(num_generations),))
-    return values
-
-
-# ----------------------------------------------------------------------------------------------------- config
 
 
 @dataclass
@@ -73,8 +35,8 @@ class TRAPOConfig(GRPOConfig):
     method: str = field(
         default="trapo",
         metadata={
-            "help": "Preset: trapo | grpo | fixed-prefix | context-only | naive-sft | luffy. Sets `schedule`, "
-            "`prefix_loss`, `prefix_weight` and `second_trace_for_full` unless you set them yourself."
+            "help": f"Preset: {' | '.join(RL_METHODS)} (trapo.recipes.METHODS). Sets `schedule`, `prefix_loss`, "
+            "`prefix_weight` and `second_trace_for_full` unless you set them yourself."
         },
     )
     schedule: list[dict] | None = field(

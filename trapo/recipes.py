@@ -1,70 +1,137 @@
-"""Method names → training phases: the one place where ``trapo``, ``grpo``, ``sft``, ``sft-then-grpo``, … become
-trainers (docs/method.md, "Baselines"). `trapo train` and `trapo demo` both run methods through `train_method`.
+"""Every method by name: the one table of methods (`METHODS`), what each is, the phases it trains and the config values
+that make it (docs/method.md, "Baselines"). `trapo train`, `trapo demo`, `trapo bench` and `TRAPOConfig(method=...)`
+all read it; `train_method` runs any of them.
 
-- RL methods (`trapo.config.RL_PRESETS`) are one `TRAPOTrainer` run with ``TRAPOConfig(method=...)``;
-- ``sft`` is one `trapo.sft.TrSFTTrainer` run on the expert traces;
-- ``sft-then-grpo`` is SFT, then GRPO on the same model.
+- RL methods (``rl`` values) are one `TRAPOTrainer` run with ``TRAPOConfig(method=...)``; the values fill every
+  setting the user did not set;
+- SFT methods (``sft`` values) are one `trapo.sft.TrSFTTrainer` run on the expert traces;
+- ``then`` names the RL method trained after the SFT phase, on the same model (``sft-then-grpo``).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 
-from trapo.checkpointing import last_complete_checkpoint
-from trapo.config import RL_PRESETS
-from trapo.sft import TRAPOSFTConfig, sft_trainer
+from trapo.core.schedule import PAPER_SCHEDULE, MicroGroup, always_guided, schedule_as_data
 
 PhaseHook = Callable[[str, object], None]
 
-SFT_METHODS = ("sft", "sft-then-grpo")
-METHODS = (*RL_PRESETS, *SFT_METHODS)
+
+@dataclass(frozen=True)
+class Method:
+    """One method: a name, one line on what it is, and the config values of its phases."""
+
+    name: str
+    summary: str
+    rl: dict | None = None  # TRAPOConfig values of an RL method
+    sft: dict | None = None  # TRAPOSFTConfig values of an SFT phase
+    then: str | None = None  # the RL method trained after the SFT phase
+
+    @property
+    def phases(self) -> tuple[str, ...]:
+        """The phases, in order: ``"sft"`` (TrSFTTrainer) and/or ``"rl"`` (TRAPOTrainer)."""
+        return ("sft",) * (self.sft is not None) + ("rl",) * (self.rl is not None or self.then is not None)
 
 
-def phases(method: str) -> tuple[str, ...]:
-    """The phases ``method`` runs, in order: ``"sft"`` (TrSFTTrainer) and/or ``"rl"`` (TRAPOTrainer)."""
-    if method not in METHODS:
-        raise ValueError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
-    return {"sft": ("sft",), "sft-then-grpo": ("sft", "rl")}.get(method, ("rl",))
+METHODS: dict[str, Method] = {
+    m.name: m
+    for m in (
+        Method(
+            "trapo",
+            "adaptive micro-groups (4/2/1/1, prefixes 0/25/50/100%) + TrSFT on each distinct prefix",
+            rl={"schedule": PAPER_SCHEDULE, "prefix_loss": "trsft"},
+        ),
+        Method("grpo", "one stage of `num_generations` unguided samples, Dr. GRPO loss", rl={"prefix_loss": "none"}),
+        Method(
+            "fixed-prefix",
+            "the same stages, every guided stage fires whatever the rewards (no adaptivity; not in the paper)",
+            rl={"schedule": always_guided(PAPER_SCHEDULE), "prefix_loss": "trsft"},
+        ),
+        Method(
+            "context-only",
+            "micro-groups, prefixes are context only (no loss on them; the paper's ablation)",
+            rl={"schedule": PAPER_SCHEDULE, "prefix_loss": "none"},
+        ),
+        Method(
+            "naive-sft",
+            "micro-groups + plain NLL on prefixes (the paper's collapsing ablation)",
+            rl={"schedule": PAPER_SCHEDULE, "prefix_loss": "nll"},
+        ),
+        Method(
+            "luffy",
+            "7 on-policy samples + 1 full expert trace with advantage-weighted `p/(p+γ)` shaping",
+            rl={
+                "schedule": (MicroGroup(7), MicroGroup(1, 1.0, float("inf"))),
+                "prefix_loss": "luffy",
+                "prefix_weight": "advantage",
+                "second_trace_for_full": False,
+            },
+        ),
+        Method("sft", "SFT on the expert traces (TRL's SFTTrainer, NLL)", sft={"sft_loss": "nll"}),
+        Method("sft-then-grpo", "`sft`, then `grpo` on the same model", sft={"sft_loss": "nll"}, then="grpo"),
+    )
+}
+RL_METHODS = tuple(name for name, m in METHODS.items() if m.rl is not None)
+RL_DEFAULTS = {"prefix_weight": "one", "second_trace_for_full": True}  # what an RL preset leaves unset
 
 
-def rl_method(method: str) -> str:
-    """The `TRAPOConfig.method` of ``method``'s RL phase (``sft-then-grpo`` runs plain GRPO)."""
-    return "grpo" if method == "sft-then-grpo" else method
+def method(name: str) -> Method:
+    """The `Method` called ``name``; a clear error naming the choices otherwise."""
+    if name not in METHODS:
+        raise ValueError(f"unknown method {name!r}; choose one of {', '.join(METHODS)}")
+    return METHODS[name]
 
 
-def train_sft_then_grpo(
-    model,
-    tokenizer,
-    dataset,
-    reward_funcs,
-    sft_args: TRAPOSFTConfig,
-    grpo_args,
-    save_final: bool = False,
-    resume=None,
-    callbacks: list | None = None,
-    on_phase_start: PhaseHook | None = None,
-    on_phase_end: PhaseHook | None = None,
+def phases(name: str) -> tuple[str, ...]:
+    """The phases method ``name`` runs, in order: ``"sft"`` (TrSFTTrainer) and/or ``"rl"`` (TRAPOTrainer)."""
+    return method(name).phases
+
+
+def rl_method(name: str) -> str:
+    """The `TRAPOConfig.method` of ``name``'s RL phase (``sft-then-grpo`` runs plain GRPO)."""
+    return method(name).then or name
+
+
+def rl_preset(name: str, num_generations: int) -> dict:
+    """The `TRAPOConfig` values of RL method ``name``; one unguided stage of ``num_generations`` unless it has a
+    schedule."""
+    m = METHODS.get(name)
+    if m is None or m.rl is None:
+        hint = f" ({name} has an SFT phase: run it with trapo.recipes.train_method or `trapo train`)" if m else ""
+        raise ValueError(f"unknown method {name!r} for TRAPOTrainer; choose one of {', '.join(RL_METHODS)}{hint}")
+    values = {**RL_DEFAULTS, **m.rl}
+    values["schedule"] = schedule_as_data(values.get("schedule") or (MicroGroup(num_generations),))
+    return values
+
+
+def sft_preset(name: str) -> dict:
+    """The `TRAPOSFTConfig` values of method ``name``'s SFT phase (empty when it has none)."""
+    return dict(method(name).sft or {})
+
+
+def _train_sft_then_rl(
+    model, tokenizer, dataset, reward_funcs, sft_args, rl_args, save_final, resume, callbacks, hooks
 ):
-    """The SFT→RL baseline: SFT on the expert traces, then GRPO (`TRAPOTrainer`, method="grpo") on the same model.
+    """SFT on the expert traces, then the RL phase (`TRAPOTrainer`) on the same model (``sft-then-grpo``).
 
-    ``resume=True`` continues where a killed run stopped: in the GRPO phase when it has a complete checkpoint (the
+    ``resume=True`` continues where a killed run stopped: in the RL phase when it has a complete checkpoint (the
     SFT phase is then skipped: the checkpoint holds the weights), otherwise in the SFT phase.
     """
-    if grpo_args.method != "grpo":
-        raise ValueError(f"the RL phase of sft-then-grpo is plain GRPO: set method='grpo', got {grpo_args.method!r}")
     # accelerate keeps one AcceleratorState per process: the second phase cannot change the first's precision or
     # device, and would only fail after the whole SFT phase has run.
-    differ = [k for k in ("bf16", "fp16", "use_cpu") if getattr(sft_args, k) != getattr(grpo_args, k)]
+    differ = [k for k in ("bf16", "fp16", "use_cpu") if getattr(sft_args, k) != getattr(rl_args, k)]
     if differ:
-        raise ValueError(f"sft_args and grpo_args must agree on {differ}: both phases share one accelerate state")
-    hooks = (on_phase_start, on_phase_end)
+        raise ValueError(f"sft_args and rl_args must agree on {differ}: both phases share one accelerate state")
     rl_resume, sft_resume = resume, None
     if resume is True:
-        rl_resume = True if last_complete_checkpoint(grpo_args.output_dir) else None
+        from trapo.checkpointing import last_complete_checkpoint
+
+        rl_resume = True if last_complete_checkpoint(rl_args.output_dir) else None
         sft_resume = True if rl_resume is None and last_complete_checkpoint(sft_args.output_dir) else None
     if rl_resume is None:
         model = _run_sft(model, tokenizer, dataset, sft_args, save_final, sft_resume, callbacks, hooks)
-    return _run_rl(model, tokenizer, dataset, reward_funcs, grpo_args, save_final, rl_resume, callbacks, hooks)
+    return _run_rl(model, tokenizer, dataset, reward_funcs, rl_args, save_final, rl_resume, callbacks, hooks)
 
 
 def train_method(
@@ -74,7 +141,7 @@ def train_method(
     dataset,
     reward_funcs: Callable | list[Callable] | None = None,
     *,
-    sft_args: TRAPOSFTConfig | None = None,
+    sft_args=None,
     rl_args=None,
     save_final: bool = False,
     resume: bool | str | None = None,
@@ -97,17 +164,22 @@ def train_method(
         raise ValueError(f"method {method!r} needs rl_args=TRAPOConfig(method=...) and reward_funcs")
     if "rl" in steps and rl_args.method != rl_method(method):
         raise ValueError(f"rl_args.method is {rl_args.method!r} but method {method!r} was asked for")
+    for key, value in sft_preset(method).items():
+        if getattr(sft_args, key) != value:
+            raise ValueError(f"method {method!r} trains with {key}={value!r}; sft_args has {getattr(sft_args, key)!r}")
     hooks = (on_phase_start, on_phase_end)
-    if method == "sft":
+    if steps == ("sft",):
         return _run_sft(model, tokenizer, dataset, sft_args, save_final, resume, callbacks, hooks)
-    if method == "sft-then-grpo":
-        return train_sft_then_grpo(
-            model, tokenizer, dataset, reward_funcs, sft_args, rl_args, save_final, resume, callbacks, *hooks
+    if steps == ("sft", "rl"):
+        return _train_sft_then_rl(
+            model, tokenizer, dataset, reward_funcs, sft_args, rl_args, save_final, resume, callbacks, hooks
         )
     return _run_rl(model, tokenizer, dataset, reward_funcs, rl_args, save_final, resume, callbacks, hooks)
 
 
 def _run_sft(model, tokenizer, dataset, args, save_final, resume, callbacks, hooks):
+    from trapo.sft import sft_trainer
+
     trainer = sft_trainer(model, tokenizer, dataset, args, callbacks=callbacks)
     return _train_phase("sft", trainer, save_final, resume, hooks)
 

@@ -7,9 +7,10 @@ import hashlib
 import sys
 from dataclasses import dataclass, field
 
+from trapo.recipes import RL_METHODS
 from trapo.tasks.base import base_model_path, default_cache_dir
 
-BENCH_METHODS = ("trapo", "grpo", "trl-grpo")  # trl-grpo: TRL's own GRPOTrainer, the reference for `grpo`
+BENCH_METHODS = (*RL_METHODS, "trl-grpo")  # trl-grpo: TRL's own GRPOTrainer, the reference for `grpo`
 
 
 @dataclass

@@ -5,10 +5,11 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field, replace
 
+from trapo.recipes import METHODS
 from trapo.tasks.base import BaseSpec, default_cache_dir
 from trapo.tasks.chains import ORDERS, Expert
 
-DEMO_METHODS = ("trapo", "grpo", "sft", "sft-then-grpo", "luffy", "fixed-prefix", "naive-sft", "context-only")
+DEMO_METHODS = tuple(METHODS)  # every method (trapo.recipes), in the table's order
 # What `--sweep` can vary: a TRAPO setting (only TRAPO is trained at each value) or a setting of the task (every
 # selected method is, since it changes what all of them learn from).
 TRAPO_SWEEPABLE = ("alpha",)
