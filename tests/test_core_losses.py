@@ -272,7 +272,7 @@ def test_mixed_loss_value_and_gradient():
     assert loss == pytest.approx(EXPECTED_LOSS, rel=1e-9)
     torch.testing.assert_close(grad, torch.tensor(EXPECTED_GRAD, dtype=torch.float64))
     assert metrics["pg_loss"] == pytest.approx(PG_SUM / NORM)
-    assert metrics["prefix_loss"] == pytest.approx(SFT_SUM / NORM)
+    assert metrics["imitation_loss"] == pytest.approx(SFT_SUM / NORM)
 
 
 def test_mixed_loss_unmarked_prefix_and_padding_get_no_gradient():
@@ -327,7 +327,7 @@ def test_mixed_loss_sft_none():
     expected = [row[:] for row in EXPECTED_GRAD]
     expected[1][0] = expected[1][1] = 0.0
     torch.testing.assert_close(grad, torch.tensor(expected, dtype=torch.float64))
-    assert metrics["prefix_loss"] == 0.0
+    assert metrics["imitation_loss"] == 0.0
 
 
 def test_mixed_loss_sft_nll():
@@ -432,7 +432,7 @@ def test_mixed_loss_pg_weights_scale_only_the_pg_term():
         [0.0, 0.0, -1.5 / NORM, 0.0],
     ]
     torch.testing.assert_close(grad, torch.tensor(expected, dtype=torch.float64))
-    assert metrics["prefix_loss"] == pytest.approx(SFT_SUM / NORM)
+    assert metrics["imitation_loss"] == pytest.approx(SFT_SUM / NORM)
 
 
 def test_mixed_loss_context_only_prefixes_get_no_entropy_bonus():

@@ -194,7 +194,8 @@ def test_one_generate_call_per_stage_with_what_the_budget_leaves():
     assert [len(contexts) for contexts, _ in generate.calls] == [12, 6, 3, 0]  # stage 4: called, nothing to write
     assert [max_new for _, max_new in generate.calls] == [BUDGET, BUDGET - 10, BUDGET - 15, BUDGET]
     assert generate.calls[1][0][0] == PROMPTS[0] + tokenize(FIRST)[:10]  # context = prompt + prefix
-    assert batch.generation_calls == 3  # the empty call is made (every process calls alike) but not counted
+    # One score call per stage, over every group's samples of that stage (stage 4's full traces are scored too).
+    assert [[x.stage for x in call] for call in batch.score_calls] == [[s] * (n * 3) for s, n in enumerate((4, 2, 1, 1))]
     assert batch.counts()["generated_tokens"] == sum(len(x.continuation) for x in batch.samples)
 
 
@@ -294,7 +295,7 @@ def test_speculative_picks_exactly_the_staged_samples_in_one_call(reward):
 
     assert key(speculative) == key(staged)
     assert speculative.guided_per_stage == staged.guided_per_stage
-    assert len(generate.calls) == 1 and speculative.generation_calls == 1
+    assert len(generate.calls) == 1 and len(speculative.score_calls) == 4
     # Per prompt: 4 + (2 + 2) + (1 + 1) + 1 unguided stage-4 candidate; the guided stage-4 one needs no generation.
     assert len(generate.calls[0][0]) == 11 * len(rows)
     assert len(speculative.discarded) == 4 * len(rows)  # the branch not taken at stages 2, 3 and 4

@@ -45,7 +45,7 @@ def test_zero_reward_fires_every_guided_stage_and_marks_one_sft_copy_per_prefix(
 ):
     trainer = make_trainer(tmp_path, tiny_model, tokenizer, addition_dataset, reward=0.0, max_completion_length=24)
     out = rollout(trainer, addition_dataset)
-    prefix_mask = out["completion_mask"].bool() & ~out["tool_mask"].bool()
+    prefix_mask = out["prefix_mask"]
     guided = prefix_mask.any(dim=1).view(2, 8)
     sft = out["imitated_mask"].bool()
     # Per group: stage 1 (4 samples) unguided, stages 2-4 (2+1+1 samples) guided.
@@ -57,7 +57,7 @@ def test_zero_reward_fires_every_guided_stage_and_marks_one_sft_copy_per_prefix(
     full = out["completion_ids"][7][out["completion_mask"][7].bool()].tolist()
     expected = tokenizer(addition_dataset[0]["expert"][1], add_special_tokens=False)["input_ids"]
     assert full == expected + [tokenizer.eos_token_id]
-    assert out["tool_mask"][7][out["completion_mask"][7].bool()].sum() == 0
+    assert out["prefix_mask"][7][out["completion_mask"][7].bool()].all()
     # Trace "add 1 and 2\n\nso the sum is\n\n3" is 27 tokens, 28 with its EOS (the cut counts it, as the released
     # code does); breaks at 11 and 25. Stage 2 (ratio 0.25): k = 7, the break at 11 lies before 0.55·28 so the prefix
     # ends after it. Stage 3 (0.5): k = 14, the next break (25) lies past 0.8·28, so the cut falls back to k.
@@ -69,7 +69,7 @@ def test_zero_reward_fires_every_guided_stage_and_marks_one_sft_copy_per_prefix(
 def test_full_reward_gives_no_guidance_and_zero_advantages(tmp_path, tiny_model, tokenizer, addition_dataset):
     trainer = make_trainer(tmp_path, tiny_model, tokenizer, addition_dataset, reward=1.0)
     out = rollout(trainer, addition_dataset)
-    assert not (out["completion_mask"].bool() & ~out["tool_mask"].bool()).any()
+    assert not (out["prefix_mask"]).any()
     assert out["imitated_mask"].sum() == 0
     assert torch.all(out["advantages"] == 0)
     assert trainer.rollout_stats["guided_samples"] == 0
@@ -94,7 +94,7 @@ def test_advantages_are_group_centred_over_guided_and_unguided_samples(
         processing_class=tokenizer,
     )
     out = rollout(trainer, addition_dataset, num_prompts=1)
-    guided = (out["completion_mask"].bool() & ~out["tool_mask"].bool()).any(dim=1)
+    guided = (out["prefix_mask"]).any(dim=1)
     rewards = guided.float()  # the random model never writes "add" itself
     assert torch.allclose(out["advantages"], rewards - rewards.mean())
     assert guided.sum() == 4
@@ -117,7 +117,7 @@ def test_trainer_loss_equals_core_mixed_loss(tmp_path, tiny_model, tokenizer, ad
     logps = logits.float().log_softmax(-1).gather(-1, inputs["completion_ids"].unsqueeze(-1)).squeeze(-1)
     entropies = -(logits.float().softmax(-1) * logits.float().log_softmax(-1)).sum(-1)
     completion = inputs["completion_mask"].bool()
-    prefix = completion & ~inputs["tool_mask"].bool()
+    prefix = inputs["prefix_mask"]
     expected, _ = mixed_loss(
         logps,
         inputs["advantages"],
@@ -181,7 +181,7 @@ def test_default_config_is_the_paper_recipe(tmp_path):
         "none",
         0.0,
     )
-    assert args.entropy_coef == 0.001 and args.num_iterations == 1 and args.pg_clip is None
+    assert args.entropy_coef == 0.001 and args.num_iterations == 1 and args.epsilon is None
 
 
 @pytest.mark.parametrize("reward", [0.0, 1.0])
@@ -198,7 +198,7 @@ def test_speculative_rollout_takes_the_same_decisions_as_staged(
     staged, speculative = outs["staged"], outs["speculative"]
     for key in ("imitated_mask", "advantages"):
         assert torch.equal(staged[key], speculative[key]), key
-    prefix = {m: (o["completion_mask"] & ~o["tool_mask"].bool()).sum(1) for m, o in outs.items()}
+    prefix = {m: o["prefix_mask"].sum(1) for m, o in outs.items()}
     assert torch.equal(prefix["staged"], prefix["speculative"])
     stats = {m: t.rollout_stats for m, t in trainers.items()}
     assert stats["speculative"]["generation_calls"] == 1 < stats["staged"]["generation_calls"]
@@ -220,7 +220,7 @@ def test_guided_stages_decode_only_what_the_budget_leaves(tmp_path, tiny_model, 
 
     trainer._generate_single_turn = recording
     out = rollout(trainer, addition_dataset)
-    prefix = (out["completion_mask"] & ~out["tool_mask"].bool()).sum(1).view(2, 8)
+    prefix = out["prefix_mask"].sum(1).view(2, 8)
     # Stage 1 unguided: the whole budget; stages 2 and 3 (all guided with reward 0): 24 − their shortest prefix.
     assert seen == [24, 24 - int(prefix[:, 4:6].min()), 24 - int(prefix[:, 6].min())]
     assert trainer.generation_config.max_new_tokens == 24  # restored
@@ -244,7 +244,7 @@ def test_eval_mode_groups_advantages_by_num_generations_eval(tmp_path, tiny_mode
     rewards = torch.tensor(parity(texts)).view(2, 4)
     assert 0 < rewards.sum() < 8  # mixed rewards: the grouping matters
     assert torch.allclose(out["advantages"].view(2, 4), rewards - rewards.mean(dim=1, keepdim=True))
-    assert not (out["completion_mask"].bool() & ~out["tool_mask"].bool()).any()  # evaluation is never guided
+    assert not (out["prefix_mask"]).any()  # evaluation is never guided
 
 
 class FakeVLLM:
@@ -276,8 +276,8 @@ def test_vllm_importance_sampling_ratio_leaves_expert_prefixes_out(tmp_path, tin
     trainer.vllm_generation, trainer._last_loaded_step = FakeVLLM(tokenizer, 24), 0
     out = rollout(trainer, addition_dataset)
     completion = out["completion_mask"].bool()
-    generated = completion & out["tool_mask"].bool()
-    prefix = completion & ~out["tool_mask"].bool()
+    generated = completion & ~out["prefix_mask"]
+    prefix = out["prefix_mask"]
     assert prefix.any(dim=1).view(2, 8).tolist() == [[False] * 4 + [True] * 4] * 2  # stages 2-4 guided (reward 0)
     # The trainer's own log-probs of the completions, independently of TRL's helper.
     ids = torch.cat([out["prompt_ids"], out["completion_ids"]], dim=1)

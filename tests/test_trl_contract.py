@@ -168,9 +168,10 @@ def test_trapo_rollout_goes_through_rollout_func_and_reward_cache(tmp_path, tiny
     trainer.model.train()
     out = trainer._generate_and_score_completions(rows)
     assert calls == [8, 4, 2, 2]  # the 4/2/1/1 schedule over 2 prompts, all guided stages firing at reward 0
-    assert "tool_mask" in out and out["tool_mask"].shape == out["completion_mask"].shape
+    # TRL's tool_mask (from env_mask) is replaced by prefix_mask, the one encoding of the prefix the loss reads.
+    assert "tool_mask" not in out and out["prefix_mask"].shape == out["completion_mask"].shape
     # Guided samples carry external (prefix) tokens, unguided ones none.
-    external = (out["completion_mask"].bool() & ~out["tool_mask"].bool()).any(dim=1).view(2, 8)
+    external = out["prefix_mask"].any(dim=1).view(2, 8)
     assert external.tolist() == [[False] * 4 + [True] * 4] * 2
     for name in ("eos_token_ids", "num_generations", "num_generations_eval", "max_completion_length", "_tokenizer"):
         assert hasattr(trainer, name), f"GRPOTrainer no longer sets self.{name}"
@@ -190,7 +191,9 @@ def test_generation_budget_knobs_exist(tmp_path, tiny_model, tokenizer, addition
     )
     assert trainer.generation_config.max_new_tokens == trainer.max_completion_length
     assert trainer.generation_kwargs["max_new_tokens"] == trainer.max_completion_length
-    with trainer._max_new_tokens(5):
+    from trapo.engines import max_new_tokens
+
+    with max_new_tokens(trainer, 5):
         assert trainer.generation_config.max_new_tokens == 5 and trainer.generation_kwargs["max_new_tokens"] == 5
     assert trainer.generation_config.max_new_tokens == trainer.max_completion_length
     from trl.generation.vllm_generation import VLLMGeneration

@@ -9,7 +9,9 @@ then picks (``get_last_checkpoint`` only looks at folder names), and may already
    (temporary file + ``os.replace``): its presence is the definition of a complete checkpoint;
 2. old checkpoints are rotated only after that marker exists, so a good checkpoint is always on disk;
 3. ``train(resume_from_checkpoint=True)`` resumes from the newest *complete* checkpoint and says which incomplete
-   ones it skipped; a half-written folder is removed before a save reuses its name.
+   ones it skipped; a half-written folder is removed before a save reuses its name;
+4. one run per folder (`trapo.run_folder`): a lock while training, a fresh run refuses old checkpoints, and a
+   checkpoint is resumed only into the run that wrote it (its identity is saved beside it).
 Subclasses add their own state to the checkpoint through ``_extra_checkpoint_state`` / ``_load_extra_checkpoint_state``
 (one JSON file per process).
 """
@@ -25,6 +27,8 @@ from pathlib import Path
 from typing import Any
 
 from transformers.trainer_utils import rotate_checkpoints
+
+from trapo.run_folder import IDENTITY_FILE, RunLock, check_resume_identity, prepare_fresh_folder, run_identity
 
 logger = logging.getLogger(__name__)
 
@@ -107,6 +111,10 @@ class CrashSafeCheckpoints:
     def _load_extra_checkpoint_state(self, state: dict) -> None:
         """Restore what ``_extra_checkpoint_state`` saved (called on resume, per process)."""
 
+    def _run_identity(self) -> dict:
+        """This run's identity (`trapo.run_folder.run_identity`), saved with every checkpoint."""
+        return run_identity(self.model, self.train_dataset, getattr(self.args, "method", "sft"), self.args.seed)
+
     def _save_checkpoint(self, model, trial):
         run_dir = self._get_output_dir(trial=trial)
         folder = Path(run_dir) / f"checkpoint-{self.state.global_step}"
@@ -123,6 +131,7 @@ class CrashSafeCheckpoints:
         write_json_atomic(folder / f"trapo_state-{self.accelerator.process_index}.json", self._extra_checkpoint_state())
         self.accelerator.wait_for_everyone()
         if self.args.should_save:
+            write_json_atomic(folder / IDENTITY_FILE, self._run_identity())
             write_json_atomic(
                 folder / COMPLETE_MARKER,
                 {"global_step": self.state.global_step, "num_processes": self.accelerator.num_processes},
@@ -135,9 +144,21 @@ class CrashSafeCheckpoints:
             )
 
     def train(self, resume_from_checkpoint: bool | str | None = None, **kwargs):
-        checkpoint = resolve_resume(resume_from_checkpoint, self.args.output_dir)
-        if checkpoint is not None:
-            state_file = Path(checkpoint) / f"trapo_state-{self.accelerator.process_index}.json"
-            if state_file.is_file():
-                self._load_extra_checkpoint_state(json.loads(state_file.read_text()))
-        return super().train(resume_from_checkpoint=checkpoint, **kwargs)
+        output_dir = self.args.output_dir
+        checkpoint = resolve_resume(resume_from_checkpoint, output_dir)
+        lock = RunLock(output_dir) if self.args.should_save else None
+        if lock is not None:
+            lock.acquire()
+        try:
+            if checkpoint is not None:
+                check_resume_identity(checkpoint, self._run_identity())
+                state_file = Path(checkpoint) / f"trapo_state-{self.accelerator.process_index}.json"
+                if state_file.is_file():
+                    self._load_extra_checkpoint_state(json.loads(state_file.read_text()))
+            elif self.args.should_save:
+                prepare_fresh_folder(output_dir, self.args.overwrite_output_dir, list_checkpoints(output_dir))
+            self.accelerator.wait_for_everyone()
+            return super().train(resume_from_checkpoint=checkpoint, **kwargs)
+        finally:
+            if lock is not None:
+                lock.release()

@@ -8,6 +8,7 @@ settings select are in ``docs/method.md``.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 from trl import GRPOConfig
@@ -21,6 +22,46 @@ from trapo.core import (
 )
 from trapo.recipes import RL_METHODS, rl_preset
 from trapo.rollout import ROLLOUT_CHOICES
+
+_KL_ONLY = "only the KL term reads it, and TRAPO has none (beta=0)"
+_ADAPTIVE_ONLY = "only use_adaptive_entropy reads it, which TRAPO does not support"
+# Inherited `GRPOConfig` fields that TRAPO's rollout, advantage and loss do not read: each must keep the value given
+# here, and any other is refused when the config is built, with what to do instead (docs/method.md, "Settings").
+# tests/test_trl_contract.py pins every GRPOConfig field as honoured or listed here, so a TRL upgrade that adds one
+# fails loudly.
+FIXED_SETTINGS: dict[str, tuple[object, str]] = {
+    "loss_type": ("dr_grpo", "TRAPO's loss is its own (mixed_loss), normalised as Dr. GRPO; see loss_normalization"),
+    "beta": (0.0, "TRAPO has no KL term (neither the paper nor its released code has one)"),
+    "use_bias_correction_kl": (True, _KL_ONLY),
+    "sync_ref_model": (False, _KL_ONLY),
+    "ref_model_mixup_alpha": (0.6, _KL_ONLY),
+    "ref_model_sync_steps": (512, _KL_ONLY),
+    "delta": (None, "two-sided ratio clipping is not in TRAPO's loss; epsilon / epsilon_high clip the ratio"),
+    "importance_sampling_level": ("token", "TRAPO's ratio is per token (a sequence ratio would mix in prefixes)"),
+    "off_policy_mask_threshold": (None, "off-policy sequence masking is not in TRAPO's loss"),
+    "top_entropy_quantile": (1.0, "TRAPO trains on every generated token"),
+    "multi_objective_aggregation": (
+        "sum_then_normalize",
+        "rewards are summed with reward_weights, then centred per prompt group (scale_rewards)",
+    ),
+    "use_adaptive_entropy": (False, "set a fixed entropy_coef (the paper: 0.001)"),
+    "entropy_coef_min": (0.0, _ADAPTIVE_ONLY),
+    "entropy_coef_max": (1.0, _ADAPTIVE_ONLY),
+    "entropy_coef_delta": (0.005, _ADAPTIVE_ONLY),
+    "entropy_target": (0.2, _ADAPTIVE_ONLY),
+    "sapo_temperature_neg": (1.05, "only loss_type='sapo' reads it"),
+    "sapo_temperature_pos": (1.0, "only loss_type='sapo' reads it"),
+    "vespo_k_pos": (2.0, "only loss_type='vespo' reads it"),
+    "vespo_lambda_pos": (3.0, "only loss_type='vespo' reads it"),
+    "vespo_k_neg": (3.0, "only loss_type='vespo' reads it"),
+    "vespo_lambda_neg": (2.0, "only loss_type='vespo' reads it"),
+    "max_tool_calling_iterations": (None, "TRAPOTrainer does not support tool calling"),
+    "remove_unused_columns": (False, "the trainer reads the expert and answer columns, which the model does not take"),
+}
+
+
+def _same(a, b) -> bool:
+    return a == b or (isinstance(a, float) and isinstance(b, float) and math.isclose(a, b))
 
 
 @dataclass
@@ -60,8 +101,16 @@ class TRAPOConfig(GRPOConfig):
             "None = the method's."
         },
     )
-    pg_clip: float | None = field(
-        default=None, metadata={"help": "PPO clip ε of the policy-gradient term; None = no clip (reference)."}
+    epsilon: float | None = field(
+        default=None,
+        metadata={
+            "help": "PPO clip of the policy-gradient ratio: ρ is clipped to [1 − epsilon, 1 + epsilon_high]. It acts "
+            "only when a rollout batch trains several optimizer steps (num_iterations or steps_per_generation), where "
+            "ρ ≠ 1. None (default) = no clip, as TRAPO's and LUFFY's released code (TRL's default is 0.2)."
+        },
+    )
+    epsilon_high: float | None = field(
+        default=None, metadata={"help": "Upper clip of the ratio (DAPO's clip-higher); None = epsilon."}
     )
     expert_column: str = field(default="expert", metadata={"help": "Dataset column: list of expert solutions."})
     answer_column: str | None = field(
@@ -167,6 +216,13 @@ class TRAPOConfig(GRPOConfig):
             "sampled, are left out of the ratio."
         },
     )
+    overwrite_output_dir: bool = field(
+        default=False,
+        metadata={
+            "help": "A fresh run in an output_dir that holds checkpoints is refused (resume it, or choose another "
+            "folder); True deletes those checkpoints and starts over."
+        },
+    )
     remove_unused_columns: bool | None = field(
         default=False, metadata={"help": "Kept False: the trainer needs the expert and answer columns."}
     )
@@ -189,6 +245,10 @@ class TRAPOConfig(GRPOConfig):
         self._validate()
 
     def _validate(self) -> None:
+        for name, (value, reason) in FIXED_SETTINGS.items():
+            if not _same(getattr(self, name), value):
+                raise ValueError(f"{name}={getattr(self, name)!r} is not supported by TRAPOTrainer: {reason}")
+        self._validate_sampling()
         if schedule_size(self.micro_groups) != self.num_generations:
             raise ValueError(
                 f"num_generations ({self.num_generations}) must equal the schedule's total "
@@ -203,10 +263,6 @@ class TRAPOConfig(GRPOConfig):
             raise ValueError(f"alpha must be in (0, 1], got {self.alpha}")
         if self.luffy_gamma <= 0.0:
             raise ValueError(f"luffy_gamma must be > 0, got {self.luffy_gamma}")
-        if self.loss_type != "dr_grpo":
-            raise ValueError(
-                f"TRAPOTrainer implements the Dr. GRPO normalisation only; got loss_type={self.loss_type!r}"
-            )
         if self.rollout not in ROLLOUT_CHOICES:
             raise ValueError(f"rollout must be one of {ROLLOUT_CHOICES}, got {self.rollout!r}")
         if self.loss_normalization not in LOSS_NORMALIZATIONS:
@@ -226,8 +282,12 @@ class TRAPOConfig(GRPOConfig):
             raise ValueError(f"max_reward_failures must be >= 1, got {self.max_reward_failures}")
         if self.scale_rewards not in ("none", "group"):
             raise ValueError(f"scale_rewards must be 'none' or 'group' (per prompt), got {self.scale_rewards!r}")
-        if self.use_adaptive_entropy:
-            raise ValueError("use_adaptive_entropy is not supported by TRAPOTrainer; set entropy_coef instead")
+        if self.epsilon is None and self.epsilon_high is not None:
+            raise ValueError("epsilon_high needs epsilon (the lower clip); set both, or neither for no clip")
+        if self.epsilon is not None and not 0.0 < self.epsilon < 1.0:
+            raise ValueError(f"epsilon must be in (0, 1), got {self.epsilon}")
+        if self.epsilon_high is not None and self.epsilon_high <= 0.0:
+            raise ValueError(f"epsilon_high must be > 0, got {self.epsilon_high}")
         local_batch = self.per_device_train_batch_size * self.steps_per_generation
         if local_batch % self.num_generations != 0:
             raise ValueError(
@@ -235,3 +295,21 @@ class TRAPOConfig(GRPOConfig):
                 f"num_generations ({self.num_generations}): each process must hold whole prompt groups, because "
                 "the guidance decisions of a prompt need all its samples"
             )
+
+    def _validate_sampling(self) -> None:
+        """Sampling and length settings that would otherwise fail only at the first generation, inside a library."""
+        checks = [
+            ("temperature", self.temperature > 0, "> 0 (TRAPO samples; for near-greedy use a small value)"),
+            ("top_p", 0.0 < self.top_p <= 1.0, "in (0, 1]"),
+            ("top_k", self.top_k is None or self.top_k >= 0, ">= 0 (0 = no top-k)"),
+            ("min_p", self.min_p is None or 0.0 <= self.min_p <= 1.0, "in [0, 1]"),
+            ("repetition_penalty", self.repetition_penalty > 0, "> 0 (1 = none)"),
+            ("max_completion_length", self.max_completion_length >= 1, ">= 1"),
+            ("max_prompt_length", self.max_prompt_length is None or self.max_prompt_length >= 1, ">= 1 or None"),
+            ("num_generations_eval", self.num_generations_eval is None or self.num_generations_eval >= 1, ">= 1"),
+        ]
+        for name, ok, expected in checks:
+            if not ok:
+                raise ValueError(f"{name} must be {expected}, got {getattr(self, name)!r}")
+        if self.generation_kwargs is not None and not isinstance(self.generation_kwargs, dict):
+            raise ValueError(f"generation_kwargs must be a mapping, got {type(self.generation_kwargs).__name__}")

@@ -7,6 +7,7 @@ Each guard is small and independent of the trainer so it can be tested on its ow
 from __future__ import annotations
 
 import logging
+import math
 import threading
 from collections import Counter
 from collections.abc import Callable, Iterable
@@ -62,14 +63,17 @@ class BoundedRewardCalls:
     training with the last error, because a few failures are survivable and a broken function is not.
     """
 
-    def __init__(self, timeout: float | None, max_failures: int, stats: Counter):
+    def __init__(self, timeout: float | None, max_failures: int, stats: Counter, async_loop=None):
         self.timeout, self.max_failures, self.stats = timeout, max_failures, stats
+        self.async_loop = async_loop  # where async reward functions are awaited (TRL's daemon event loop)
         self.consecutive_failures = 0
 
-    def __call__(self, func: Callable[..., Any], name: str, count: int, **kwargs) -> list:
-        """``func(**kwargs)``'s rewards for ``count`` completions, or ``count`` zeros when the call failed."""
+    def __call__(self, func: Callable[..., Any], name: str, count: int, **kwargs) -> list[float]:
+        """``func(**kwargs)``'s rewards for ``count`` completions as floats (None → NaN: unscorable), or ``count``
+        zeros when the call failed. Async functions are awaited on ``async_loop``."""
+        call = self._sync(func)
         try:
-            values = call_with_timeout(func, self.timeout, **kwargs)
+            values = call_with_timeout(call, self.timeout, **kwargs)
         except Exception as error:
             kind = "timeouts" if isinstance(error, RewardTimeout) else "errors"
             self.stats[f"reward_{kind}"] += 1
@@ -95,7 +99,34 @@ class BoundedRewardCalls:
             )
         if len(values) != count:
             raise ValueError(f"reward function {name!r} returned {len(values)} rewards for {count} completions")
-        return values
+        return [reward_value(v, name, i) for i, v in enumerate(values)]
+
+    def _sync(self, func: Callable[..., Any]) -> Callable[..., Any]:
+        """``func`` itself, or for an async function one that runs it to completion on ``async_loop``."""
+        from trl.trainer.utils import is_async_callable
+
+        if not is_async_callable(func):
+            return func
+        if self.async_loop is None:
+            raise RewardError(f"{getattr(func, '__name__', func)!r} is async but no event loop was given to await it")
+        import asyncio
+
+        return lambda **kwargs: asyncio.run_coroutine_threadsafe(func(**kwargs), self.async_loop).result()
+
+
+def reward_value(value: Any, name: str, index: int) -> float:
+    """One reward as a float: a real number, or None / NaN for a completion the function cannot score. Anything else
+    (a string, a list, infinity) is an error naming the function and the value."""
+    if value is None:
+        return math.nan
+    if isinstance(value, bool | int | float) or (hasattr(value, "__float__") and getattr(value, "ndim", 0) == 0):
+        number = float(value)
+        if not math.isinf(number):
+            return number
+    raise RewardError(
+        f"reward function {name!r} returned {value!r:.60} ({type(value).__name__}) for completion {index}: a reward "
+        "must be a finite number, or None (NaN) for a completion it cannot score"
+    )
 
 
 class UnscorableRewards:

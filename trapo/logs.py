@@ -36,6 +36,13 @@ class RolloutLogs:
             else:
                 logged[start + i] = text
 
+    def _show_trained_advantages(self, advantages: torch.Tensor) -> None:
+        """TRL's completions table logs the advantages TRL computed; show the ones the loss trains on instead."""
+        logged = self._logs["advantages"]
+        trained = self.accelerator.gather(advantages).tolist()
+        for i, value in enumerate(trained[-len(logged) :], start=max(len(logged) - len(trained), 0)):
+            logged[i] = value
+
     def _headline_reward(self, batch: RolloutBatch) -> None:
         """TRL's ``reward`` is the mean over every sample, expert-guided ones included (a model that solves nothing
         shows 0.125 under the paper's schedule); make it the policy's own score, the mean over unguided samples, and

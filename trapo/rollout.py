@@ -103,7 +103,7 @@ class RolloutBatch:
     groups: list[list[Sample]]
     guided_per_stage: list[int]  # how many groups each stage guided
     discarded: list[Sample] = field(default_factory=list)  # speculative candidates no decision picked
-    generation_calls: int = 0
+    score_calls: list[list[Sample]] = field(default_factory=list)  # the samples of each score call, in its order
 
     @property
     def samples(self) -> list[Sample]:
@@ -136,7 +136,6 @@ class RolloutBatch:
             prompts=len(self.groups),
             samples=len(samples),
             guided_samples=sum(x.guided for x in samples),
-            generation_calls=self.generation_calls,
             generated_tokens=sum(len(x.continuation) for x in samples + self.discarded),
             discarded_samples=len(self.discarded),
             discarded_tokens=sum(len(x.continuation) for x in self.discarded),
@@ -196,7 +195,7 @@ class StagedRollout:
                 batch.guided_per_stage[s] += guided
                 requests.extend(self.stage_samples(g, s, row, guided))
             self._generate(requests, prompt_ids, batch)
-            self._score(requests, rows)
+            self._score(requests, rows, batch)
             for x in requests:
                 batch.groups[x.group].append(x)
         return batch
@@ -228,15 +227,15 @@ class StagedRollout:
         continuations, logprobs = self.generate_fn([list(prompt_ids[x.group]) + x.prefix for x in todo], max_new)
         if len(continuations) != len(todo):
             raise RuntimeError(f"generate returned {len(continuations)} continuations for {len(todo)} contexts")
-        batch.generation_calls += bool(todo)
         for i, x in enumerate(todo):
             keep = self.budget - len(x.prefix)
             x.continuation = list(continuations[i])[:keep]
             x.logprobs = list(logprobs[i])[:keep] if logprobs is not None else None
 
-    def _score(self, samples: list[Sample], rows: Sequence[dict]) -> None:
+    def _score(self, samples: list[Sample], rows: Sequence[dict], batch: RolloutBatch) -> None:
         if not samples:
             return
+        batch.score_calls.append(samples)
         totals, per_func = self.score_fn([rows[x.group] for x in samples], [x.response for x in samples])
         if len(totals) != len(samples) or len(per_func) != len(samples):
             raise RuntimeError(f"score returned {len(totals)} rewards for {len(samples)} responses")
@@ -264,7 +263,7 @@ class SpeculativeRollout(StagedRollout):
                 guided = self.decide(s, batch.groups[g])
                 batch.guided_per_stage[s] += guided
                 picked.extend(candidates.pop((g, s, guided)))
-            self._score(picked, rows)
+            self._score(picked, rows, batch)
             for x in picked:
                 batch.groups[x.group].append(x)
         batch.discarded = [x for group in candidates.values() for x in group]

@@ -93,6 +93,13 @@ class TRAPOSFTConfig(SFTConfig):
     max_expert_traces: int | None = field(
         default=None, metadata={"help": "Use at most this many traces per row (None = all)."}
     )
+    overwrite_output_dir: bool = field(
+        default=False,
+        metadata={
+            "help": "A fresh run in an output_dir that holds checkpoints is refused (resume it, or choose another "
+            "folder); True deletes those checkpoints and starts over."
+        },
+    )
 
     def __post_init__(self):
         super().__post_init__()

@@ -326,5 +326,3 @@ def run_train(plan: TrainPlan, resume: bool | str | None = None) -> int:
         resume=resume,
     )
     return 0
-
-

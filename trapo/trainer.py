@@ -9,14 +9,14 @@ fails loudly if the internals below move):
   prefix + continuation as the completion with the prefix marked external (``env_mask`` = 0), so TRL's decoding,
   logging and padding work unchanged;
 - rewards are scored during the rollout (the guidance decisions need them): ``_calculate_rewards`` hands TRL those;
-- ``_generate_and_score_completions`` replaces TRL's advantages with `trapo.core.group_advantages` over each prompt's
-  whole group and adds the mask of imitated prefix tokens;
+- ``_trapo_step_output`` is the one place where TRAPO replaces TRL's step output: the prefix and imitated masks, the
+  advantages (`trapo.core.group_advantages` over each prompt's whole group, also shown in the completions table), the
+  headline reward and the prefix marks;
 - ``_compute_loss`` is `trapo.core.mixed_loss` on the log-probs of TRL's one forward pass.
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import math
 import warnings
@@ -33,10 +33,12 @@ from trl.data_utils import is_conversational
 from trapo.checkpointing import CrashSafeCheckpoints
 from trapo.config import TRAPOConfig
 from trapo.core import MicroGroup, group_advantages, mixed_loss
-from trapo.data.validation import validate_training_inputs
+from trapo.data.validation import validate_training_rows, validate_with_tokenizer
+from trapo.engines import TRLBatchGenerate
 from trapo.guards import BoundedRewardCalls, UnscorableRewards, skip_nonfinite_steps
 from trapo.logs import RolloutLogs
 from trapo.rollout import ROLLOUTS, ExpertPrefix, RolloutBatch, choose_rollout, whole_groups
+from trapo.scoring import RolloutScorer, check_reward_scores_experts
 
 logger = logging.getLogger(__name__)
 
@@ -47,8 +49,6 @@ class _PendingRollout:
 
     rows: list[dict]
     batch: RolloutBatch | None = None
-    filler: list[int] | None = None  # a context to pad this process's generate calls with (a prompt of its own)
-    generate_calls: int = 0  # calls this process made, padded ones included (every process makes the same number)
 
 
 class TRAPOTrainer(CrashSafeCheckpoints, RolloutLogs, GRPOTrainer):
@@ -75,7 +75,10 @@ class TRAPOTrainer(CrashSafeCheckpoints, RolloutLogs, GRPOTrainer):
             raise TypeError(f"args must be a TRAPOConfig, got {type(args).__name__}")
         if kwargs.get("rollout_func") is not None:
             raise ValueError("TRAPOTrainer supplies its own rollout_func (the staged micro-group sampler)")
-        train_dataset = validate_training_inputs(train_dataset, kwargs.get("processing_class"), args)
+        for name in ("tools", "environment_factory"):
+            if kwargs.get(name):
+                raise ValueError(f"TRAPOTrainer does not support {name}: its rollout is its own micro-group sampler")
+        validate_training_rows(train_dataset, args)  # before a model is loaded: bad rows fail at once
         kwargs["rollout_func"] = self._rollout
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*'rollout_func'.*experimental")
@@ -85,18 +88,36 @@ class TRAPOTrainer(CrashSafeCheckpoints, RolloutLogs, GRPOTrainer):
                 "TRAPOTrainer scores samples between stages and supports function rewards only "
                 "(e.g. trapo.rewards.math_reward), not reward models"
             )
-        if self.tools:
-            raise ValueError("TRAPOTrainer does not support tool calling")
+        # The tokenizer TRL ended up with, however it was given (passed in, or loaded from the model's name).
+        config = getattr(self.model, "config", None)
+        context = getattr(getattr(config, "text_config", config), "max_position_embeddings", None)
+        self.train_dataset = validate_with_tokenizer(self.train_dataset, self._tokenizer, args, context)
         self.micro_groups = args.micro_groups
         self._pending: _PendingRollout | None = None
         self._boundary_ids: frozenset[int] | None = None
         # Cumulative rollout counters (benchmarks and the demo read them); saved in checkpoints.
         self.rollout_stats: Counter = Counter()
-        self._reward_calls = BoundedRewardCalls(args.reward_timeout, args.max_reward_failures, self.rollout_stats)
-        self._unscorable = UnscorableRewards(args.max_unscorable_share, args.max_unscorable_steps, self.rollout_stats)
+        reward_calls = BoundedRewardCalls(
+            args.reward_timeout, args.max_reward_failures, self.rollout_stats, getattr(self, "async_loop", None)
+        )
+        unscorable = UnscorableRewards(args.max_unscorable_share, args.max_unscorable_steps, self.rollout_stats)
+        sample_prompt = self.train_dataset[0]["prompt"] if hasattr(self.train_dataset, "__getitem__") else ""
+        self._scorer = RolloutScorer(
+            self.reward_funcs,
+            self.reward_func_names,
+            self.reward_weights,
+            lambda ids: self._tokenizer.batch_decode(ids, skip_special_tokens=True),
+            chat=is_conversational({"prompt": sample_prompt}),
+            calls=reward_calls,
+            unscorable=unscorable,
+            log_metric=self._log_metric,
+            trainer_state=lambda: self.state,
+        )
 
     def train(self, *args, **kwargs):
         self._write_run_config()
+        if hasattr(self.train_dataset, "__getitem__") and self.accelerator.is_main_process:
+            check_reward_scores_experts(self._scorer, self.train_dataset, self.args.expert_column, seed=self.args.seed)
         return super().train(*args, **kwargs)
 
     def _write_run_config(self) -> None:
@@ -168,21 +189,37 @@ class TRAPOTrainer(CrashSafeCheckpoints, RolloutLogs, GRPOTrainer):
     # ------------------------------------------------------------------ rollout
 
     def _generate_and_score_completions(self, inputs):
-        """TRL's step preparation around our rollout, with TRAPO's advantages and the imitated-prefix mask."""
+        """TRL's step preparation around our rollout (``rollout_func``), then TRAPO's part of the step output."""
         self._pending = _PendingRollout(rows=list(inputs))
         try:
             output = super()._generate_and_score_completions(inputs)
-            batch = self._pending.batch
+            return self._trapo_step_output(output, self._pending.batch)
         finally:
             self._pending = None
-        width = output["completion_ids"].size(1)
-        imitated = torch.zeros_like(output["completion_mask"])
-        for i, n in enumerate(batch.imitated_lengths()):
-            imitated[i, : min(n, width)] = 1
-        output["imitated_mask"] = imitated
+
+    def _trapo_step_output(self, output: dict, batch: RolloutBatch) -> dict:
+        """The one place where TRAPO replaces TRL's step output (docs/method.md, "Where TRAPO meets TRL").
+
+        - ``prefix_mask``: each sample's expert-prefix tokens; ``imitated_mask``: those that carry the prefix loss
+          (one copy per distinct prefix). Both within ``completion_mask``, so ``mask_truncated_completions`` drops a
+          truncated sample's prefix too. TRL's ``tool_mask`` (the same prefix, from ``env_mask``) is dropped: the loss
+          reads only these.
+        - ``advantages``: `trapo.core.group_advantages` over each prompt's whole group, also in the completions table;
+        - the headline ``reward`` (the policy's own) and the prefix marks in logged completions.
+        """
+        completion_mask = output["completion_mask"].bool()
+        prefix = torch.zeros_like(completion_mask)
+        imitated = torch.zeros_like(completion_mask)
+        for i, (sample, n) in enumerate(zip(batch.samples, batch.imitated_lengths(), strict=True)):
+            prefix[i, : len(sample.prefix)] = True
+            imitated[i, :n] = True
+        output["prefix_mask"] = prefix & completion_mask
+        output["imitated_mask"] = imitated & completion_mask
+        output.pop("tool_mask", None)
         rewards = torch.tensor([x.reward for x in batch.samples], dtype=torch.float32)
         advantages = group_advantages(rewards, batch.group_ids, scale=self.args.scale_rewards == "group")
-        output["advantages"] = advantages.to(output["advantages"].device)
+        output["advantages"] = advantages.to(completion_mask.device)
+        self._show_trained_advantages(output["advantages"])
         self._headline_reward(batch)
         if self.args.log_completions:
             self._mark_prefixes_in_logged_completions(batch)
@@ -203,22 +240,23 @@ class TRAPOTrainer(CrashSafeCheckpoints, RolloutLogs, GRPOTrainer):
         starts = whole_groups(prompts, num_generations)
         prompt_ids, _, _ = self._tokenize_prompts([prompts[i] for i in starts])
         rows = [self._pending.rows[i] for i in starts]
-        self._pending.filler = list(prompt_ids[0])
         stages = self.micro_groups if mode == "train" else (MicroGroup(num_generations),)
-        rollout = self._make_rollout(stages, is_conversational({"prompt": prompts[0]}))
-        batch = rollout.run(rows, [list(ids) for ids in prompt_ids])
+        self._scorer.chat = is_conversational({"prompt": prompts[0]})
+        generate = TRLBatchGenerate(self, filler=list(prompt_ids[0]))
+        batch = self._make_rollout(stages, generate).run(rows, [list(ids) for ids in prompt_ids])
         self._pending.batch = batch
-        counts = batch.counts()
-        counts["generation_calls"] = self._pending.generate_calls
-        self.rollout_stats.update(counts)
+        for column, values in self._scorer.extra_columns(batch.score_calls, batch.samples).items():
+            self._log_completion_extra(column, values)
+        self.rollout_stats.update(batch.counts() + Counter(generation_calls=generate.calls))
         # Cumulative failed reward calls (timeouts + exceptions) of this process, scored 0 (docs/errors.md).
         failures = self.rollout_stats["reward_timeouts"] + self.rollout_stats["reward_errors"]
         self._log_means(mode, {**batch.metrics(), "reward_failures": failures}, prefix="trapo/")
         counts = torch.tensor(
-            [self._unscorable.step_unscorable, self._unscorable.step_total], device=self.accelerator.device
+            [self._scorer.unscorable.step_unscorable, self._scorer.unscorable.step_total],
+            device=self.accelerator.device,
         )
         unscorable, total = (int(x) for x in self.accelerator.reduce(counts, reduction="sum"))
-        self._metrics[mode]["trapo/unscorable_share"].append(self._unscorable.end_step(unscorable, total))
+        self._metrics[mode]["trapo/unscorable_share"].append(self._scorer.unscorable.end_step(unscorable, total))
         return self._rollout_output(batch, prompt_ids, with_logprobs=self.use_vllm)
 
     @property
@@ -226,7 +264,7 @@ class TRAPOTrainer(CrashSafeCheckpoints, RolloutLogs, GRPOTrainer):
         """The rollout this trainer runs: ``args.rollout``, with ``auto`` resolved for where generation runs."""
         return choose_rollout(self.args.rollout, self.accelerator.device.type, self.use_vllm)
 
-    def _make_rollout(self, stages, chat: bool):
+    def _make_rollout(self, stages, generate):
         expert_prefix = ExpertPrefix(
             lambda text: self._tokenizer(text, add_special_tokens=False)["input_ids"],
             self.max_completion_length,
@@ -240,8 +278,8 @@ class TRAPOTrainer(CrashSafeCheckpoints, RolloutLogs, GRPOTrainer):
         return rollout_class(
             stages,
             expert_prefix,
-            generate=self._generate_contexts,
-            score=lambda rows, responses: self._score_responses(rows, responses, chat),
+            generate=generate,
+            score=self._score_responses,
             budget=self.max_completion_length,
             eos_token_ids=self.eos_token_ids,
         )
@@ -273,76 +311,10 @@ class TRAPOTrainer(CrashSafeCheckpoints, RolloutLogs, GRPOTrainer):
             self._boundary_ids = frozenset(i for i, t in enumerate(texts) if boundary in t)
         return self._boundary_ids
 
-    def _generate_contexts(self, contexts: list[list[int]], max_new: int):
-        """The rollout's ``generate``: TRL's ``_generate_single_turn`` with at most ``max_new`` new tokens.
-
-        Collective generation (vLLM server, ZeRO-3 gathers) needs the same number of calls, requests and sampling
-        parameters on every process: the counts and caps are all-reduced and short batches padded with throw-away
-        copies of a context.
-        """
-        count = len(contexts)
-        if self.accelerator.num_processes > 1:
-            gathered = self.accelerator.gather(torch.tensor([[count, max_new]], device=self.accelerator.device))
-            count, max_new = (int(x) for x in gathered.max(dim=0).values)
-        if count == 0:
-            return [], None
-        padding = [self._pending.filler] * (count - len(contexts))
-        with self._max_new_tokens(max_new):
-            completion_ids, logprobs = self._generate_single_turn(contexts + padding, None, {}, 1)
-        self._pending.generate_calls += 1
-        n = len(contexts)
-        return [list(c) for c in completion_ids[:n]], (None if logprobs is None else [list(lp) for lp in logprobs[:n]])
-
-    @contextlib.contextmanager
-    def _max_new_tokens(self, max_new: int):
-        """Temporarily cap new tokens in TRL's generation settings (HF ``generate`` and vLLM), then restore them."""
-        targets = []
-        if getattr(self, "generation_config", None) is not None:
-            targets.append((self.generation_config, "max_new_tokens"))
-        if isinstance(getattr(self, "generation_kwargs", None), dict) and "max_new_tokens" in self.generation_kwargs:
-            targets.append((self.generation_kwargs, "max_new_tokens"))
-        if self.use_vllm and getattr(self, "vllm_generation", None) is not None:
-            targets.append((self.vllm_generation, "max_completion_length"))
-
-        def get(obj, key):
-            return obj[key] if isinstance(obj, dict) else getattr(obj, key)
-
-        def put(obj, key, value):
-            if isinstance(obj, dict):
-                obj[key] = value
-            else:
-                setattr(obj, key, value)
-
-        saved = [(obj, key, get(obj, key)) for obj, key in targets]
-        for obj, key, _ in saved:
-            put(obj, key, max_new)
-        try:
-            yield
-        finally:
-            for obj, key, value in saved:
-                put(obj, key, value)
-
-    def _score_responses(self, rows: list[dict], responses: list[list[int]], chat: bool):
-        """The rollout's ``score``: every reward function on whole responses (prefix + continuation), locally."""
-        texts = self.processing_class.batch_decode(responses, skip_special_tokens=True)
-        completions = [[{"role": "assistant", "content": t}] for t in texts] if chat else texts
-        columns = {k: [row[k] for row in rows] for k in rows[0] if k not in ("prompt", "completion", "completion_ids")}
-        per_func = torch.zeros(len(rows), len(self.reward_funcs))
-        for j, func in enumerate(self.reward_funcs):
-            values = self._reward_calls(
-                func,
-                self.reward_func_names[j],
-                len(rows),
-                prompts=[row["prompt"] for row in rows],
-                completions=completions,
-                completion_ids=responses,
-                trainer_state=self.state,
-                **columns,
-            )
-            per_func[:, j] = torch.tensor([math.nan if v is None else float(v) for v in values])
-        per_func = self._unscorable.observe(per_func, list(self.reward_func_names), texts)
-        totals = (per_func * self.reward_weights.cpu()).sum(dim=1)
-        return totals.tolist(), per_func.tolist()
+    def _score_responses(self, rows: list[dict], responses: list[list[int]]):
+        """The rollout's ``score``: every reward function on whole responses (prefix + continuation), locally
+        (`trapo.scoring.RolloutScorer`)."""
+        return self._scorer(rows, responses)
 
     def _log_means(self, mode: str, values: dict[str, float], prefix: str = "") -> None:
         """Log each value's mean over processes, in one gather (every process must pass the same keys); NaN marks a
@@ -355,19 +327,28 @@ class TRAPOTrainer(CrashSafeCheckpoints, RolloutLogs, GRPOTrainer):
 
     # ------------------------------------------------------------------ loss
 
+    STEP_KEYS = ("prefix_mask", "imitated_mask", "advantages")
+
     def _compute_loss(self, model, inputs):
-        """The mixed TRAPO loss (`trapo.core.mixed_loss`) on TRL's single forward pass."""
+        """The mixed TRAPO loss (`trapo.core.mixed_loss`) on TRL's single forward pass, on the masks and advantages
+        `_trapo_step_output` built (nothing else marks the prefix)."""
+        missing = [key for key in self.STEP_KEYS if key not in inputs]
+        if missing:
+            raise RuntimeError(
+                f"the step inputs lack {missing}, which TRAPOTrainer._trapo_step_output adds: an override or a TRL "
+                "change bypassed it (tests/test_trl_contract.py pins the TRL internals it relies on)"
+            )
         completion_ids, completion_mask = inputs["completion_ids"], inputs["completion_mask"]
         input_ids = torch.cat([inputs["prompt_ids"], completion_ids], dim=1)
         attention_mask = torch.cat([inputs["prompt_mask"], completion_mask], dim=1)
-        logps, entropies, _ = self._get_per_token_logps_and_entropies(
-            model, input_ids, attention_mask, completion_ids.size(1), compute_entropy=True
+        logps, entropies, aux_loss = self._get_per_token_logps_and_entropies(
+            model,
+            input_ids,
+            attention_mask,
+            completion_ids.size(1),
+            compute_entropy=True,
+            compute_aux_loss=self.aux_loss_enabled,
         )
-        completion_mask = completion_mask.bool()
-        if "tool_mask" in inputs:
-            prefix_mask = completion_mask & ~inputs["tool_mask"].bool()
-        else:
-            prefix_mask = torch.zeros_like(completion_mask)
         pg_weights = None
         if self.use_vllm and self.vllm_importance_sampling_correction:
             pg_weights = inputs["importance_sampling_ratio"]
@@ -375,14 +356,14 @@ class TRAPOTrainer(CrashSafeCheckpoints, RolloutLogs, GRPOTrainer):
             logps,
             inputs["advantages"],
             completion_mask,
-            prefix_mask,
-            inputs["imitated_mask"].bool() & prefix_mask,
+            inputs["prefix_mask"],
+            inputs["imitated_mask"],
             old_logps=inputs.get("old_per_token_logps"),
             prefix_loss=self.args.prefix_loss,
             alpha=self.args.alpha,
             gamma=self.args.luffy_gamma,
             prefix_weight=self.args.prefix_weight,
-            clip_eps=self.args.pg_clip,
+            clip_eps=self._clip_range(),
             max_completion_length=self.max_completion_length,
             entropies=entropies,
             entropy_coef=self.args.entropy_coef,
@@ -391,7 +372,17 @@ class TRAPOTrainer(CrashSafeCheckpoints, RolloutLogs, GRPOTrainer):
             entropy_tokens=self.args.entropy_tokens,
         )
         mode = "train" if self.model.training else "eval"
-        if mode == "train" and self.args.loss_normalization == "batch_budget":
-            loss = loss / self.current_gradient_accumulation_steps  # sequence_budget sums over micro-batches
+        accumulation = self.current_gradient_accumulation_steps if mode == "train" else 1
+        if self.args.loss_normalization == "batch_budget":
+            loss = loss / accumulation  # sequence_budget sums over micro-batches
+        if self.aux_loss_enabled:  # a mixture-of-experts model's load-balancing loss, as TRL adds it
+            loss = loss + self.router_aux_loss_coef * aux_loss / accumulation
+            metrics["aux_loss"] = aux_loss.item()
         self._log_means(mode, {("entropy" if k == "entropy" else f"trapo/{k}"): v for k, v in metrics.items()})
         return loss
+
+    def _clip_range(self) -> tuple[float, float] | None:
+        """The ratio clip ``(low, high)`` from ``epsilon`` / ``epsilon_high``; None = no clip (the default)."""
+        if self.args.epsilon is None:
+            return None
+        return (self.args.epsilon, self.args.epsilon_high if self.args.epsilon_high is not None else self.args.epsilon)

@@ -60,13 +60,14 @@ def policy_gradient_token_loss(
     logps: torch.Tensor,
     old_logps: torch.Tensor | None,
     advantages: torch.Tensor,
-    clip_eps: float | None = None,
+    clip_eps: float | tuple[float, float] | None = None,
 ) -> torch.Tensor:
     """Policy-gradient loss per token ``-Â·ρ`` with ``ρ = π_θ / π_old``.
 
     With one update per rollout batch ρ = 1 in value but carries the gradient ``∇ log π``; pass
-    ``old_logps=None`` for that case. ``clip_eps`` turns on PPO's pessimistic clip (off by default, as in
-    the reference). ``advantages`` is ``(B,)`` (shared by every token of a sample) or ``(B, T)``.
+    ``old_logps=None`` for that case. ``clip_eps`` turns on PPO's pessimistic clip of ρ to ``[1 − ε, 1 + ε]``, or
+    ``[1 − low, 1 + high]`` for a pair (off by default, as in the reference). ``advantages`` is ``(B,)`` (shared by
+    every token of a sample) or ``(B, T)``.
     """
     if old_logps is None:
         old_logps = logps.detach()
@@ -75,7 +76,8 @@ def policy_gradient_token_loss(
     ratio = (logps - old_logps).exp()
     loss = -advantages * ratio
     if clip_eps is not None:
-        clipped = -advantages * ratio.clamp(1.0 - clip_eps, 1.0 + clip_eps)
+        low, high = clip_eps if isinstance(clip_eps, tuple) else (clip_eps, clip_eps)
+        clipped = -advantages * ratio.clamp(1.0 - low, 1.0 + high)
         loss = torch.maximum(loss, clipped)
     return loss
 
@@ -92,7 +94,7 @@ def mixed_loss(
     alpha: float = 0.1,
     gamma: float = 0.1,
     prefix_weight: str = "one",
-    clip_eps: float | None = None,
+    clip_eps: float | tuple[float, float] | None = None,
     max_completion_length: int | None = None,
     entropies: torch.Tensor | None = None,
     entropy_coef: float = 0.0,
@@ -117,7 +119,7 @@ def mixed_loss(
     ``(B, 1)``) multiplies the policy-gradient term only, e.g. vLLM's importance-sampling correction between the
     sampler and the trainer.
 
-    Returns the scalar loss and float metrics: ``pg_loss``, ``prefix_loss``, ``entropy``,
+    Returns the scalar loss and float metrics: ``pg_loss``, ``imitation_loss`` (the prefix-loss term), ``entropy``,
     ``prefix_clip_frac`` (share of imitated tokens with p < alpha), ``prefix_mean_p``, ``gen_mean_p``.
     """
     if prefix_weight not in ("one", "advantage"):
@@ -159,7 +161,7 @@ def mixed_loss(
         p = logps.detach().exp()
         metrics = {
             "pg_loss": pg_term.item(),
-            "prefix_loss": prefix_term.item(),
+            "imitation_loss": prefix_term.item(),
             "entropy": entropy.item(),
             "prefix_clip_frac": _masked_mean((p < alpha).float(), imitated_mask).item(),
             "prefix_mean_p": _masked_mean(p, imitated_mask).item(),

@@ -61,26 +61,10 @@ def validate_rows(rows: Iterable[dict], expert_column: str = "expert", answer_co
     return count
 
 
-def validate_training_inputs(dataset, tokenizer, args):
-    """Everything `TRAPOTrainer` can check before training starts, so a bad input fails now, by name, with a fix;
-    returns the dataset to train on (without the rows ``overlong_traces='drop'`` removes).
-
-    Checks the tokenizer (EOS and pad tokens), the dataset's columns, every row (`row_errors`), single-trace rows,
-    every prompt's token count when ``args.max_prompt_length`` is set, and expert traces longer than the completion
-    budget. Streaming datasets get the column check only.
-    """
-    if tokenizer is not None and dataset is not None and hasattr(dataset, "__len__") and len(dataset):
-        from trapo.preflight import check_chat_template
-
-        if "prompt" in (getattr(dataset, "column_names", None) or []):
-            check_chat_template(tokenizer, dataset[0]["prompt"])
-    if tokenizer is not None:
-        missing = [name for name in ("eos_token_id", "pad_token_id") if getattr(tokenizer, name, None) is None]
-        if missing:
-            raise ValueError(
-                f"the tokenizer has no {' and no '.join(m.replace('_id', '') for m in missing)}: generation cannot "
-                "stop and batches cannot be padded. Set them, e.g. tokenizer.pad_token = tokenizer.eos_token"
-            )
+def validate_training_rows(dataset, args) -> None:
+    """What can be checked before a model or tokenizer is loaded: the dataset's columns, every row (`row_errors`),
+    single-trace rows (a warning) and columns the text-only rollout cannot use. Streaming datasets get the column
+    check only (the rollout raises on a bad expert list)."""
     if dataset is None:
         raise ValueError("TRAPOTrainer needs a train_dataset with prompt, answer and expert columns")
     expert, answer = args.expert_column, args.answer_column
@@ -94,15 +78,36 @@ def validate_training_inputs(dataset, tokenizer, args):
                 f"the training dataset has no column(s) {absent}; it has {columns}. Rename them with "
                 f"dataset.rename_column, or set expert_column / answer_column in TRAPOConfig{hint}"
             )
+        images = [c for c in ("image", "images") if c in columns]
+        if images:
+            raise ValueError(
+                f"the training dataset has {images}: TRAPOTrainer's rollout is text-only (expert prefixes are token "
+                "ids); remove the column(s)"
+            )
     if not hasattr(dataset, "__len__"):
-        return dataset  # a stream: rows are checked as they come (the rollout raises on a bad expert list)
+        return
     validate_rows(dataset, expert, answer)
     _warn_single_traces(dataset, args)
-    if args.max_prompt_length and tokenizer is not None:
-        _check_prompt_lengths(dataset, tokenizer, args.max_prompt_length)
-    if tokenizer is not None:
-        dataset = _handle_overlong_traces(dataset, tokenizer, args)
-    return dataset
+
+
+def validate_with_tokenizer(dataset, tokenizer, args, context_length: int | None = None):
+    """What needs the tokenizer, however the trainer got it (passed in, or loaded by TRL from the model's name): its
+    EOS and pad tokens, the chat template the prompts need, every prompt's length against ``max_prompt_length`` and,
+    with the completion budget, against the model's ``context_length``, and expert traces longer than the budget.
+    Returns the dataset to train on (without the rows ``overlong_traces='drop'`` removes)."""
+    missing = [name for name in ("eos_token_id", "pad_token_id") if getattr(tokenizer, name, None) is None]
+    if missing:
+        raise ValueError(
+            f"the tokenizer has no {' and no '.join(m.replace('_id', '') for m in missing)}: generation cannot "
+            "stop and batches cannot be padded. Set them, e.g. tokenizer.pad_token = tokenizer.eos_token"
+        )
+    if not hasattr(dataset, "__len__") or not len(dataset):
+        return dataset
+    from trapo.preflight import check_chat_template
+
+    check_chat_template(tokenizer, dataset[0]["prompt"])
+    _check_prompt_lengths(dataset, tokenizer, args, context_length)
+    return _handle_overlong_traces(dataset, tokenizer, args)
 
 
 def overlong_trace_rows(dataset, tokenizer, args) -> tuple[list[int], int]:
@@ -168,20 +173,37 @@ def _warn_single_traces(dataset, args) -> None:
         )
 
 
-def _check_prompt_lengths(dataset, tokenizer, budget: int) -> None:
+def prompt_lengths(dataset, tokenizer) -> list[int]:
+    """Every prompt's length in tokens, rendered with the chat template when the prompts are messages."""
     from trl.data_utils import is_conversational
 
-    too_long = []
-    for i, row in enumerate(dataset):
-        prompt = row["prompt"]
-        if is_conversational({"prompt": prompt}):
-            prompt = tokenizer.apply_chat_template(prompt, add_generation_prompt=True, tokenize=False)
-        n = len(tokenizer(prompt, add_special_tokens=False)["input_ids"])
-        if n > budget:
-            too_long.append(f"row {i}: prompt: {n} tokens > max_prompt_length {budget}")
-    if too_long:
-        shown = "\n  ".join(too_long[:20])
+    prompts = list(dataset["prompt"])
+    if prompts and is_conversational({"prompt": prompts[0]}):
+        prompts = [tokenizer.apply_chat_template(p, add_generation_prompt=True, tokenize=False) for p in prompts]
+    return [len(ids) for ids in tokenizer(prompts, add_special_tokens=False)["input_ids"]]
+
+
+def _check_prompt_lengths(dataset, tokenizer, args, context_length: int | None) -> None:
+    budget = args.max_prompt_length
+    if not budget and not context_length:
+        return
+    lengths = prompt_lengths(dataset, tokenizer)
+    if budget:
+        too_long = [
+            f"row {i}: prompt: {n} tokens > max_prompt_length {budget}" for i, n in enumerate(lengths) if n > budget
+        ]
+        if too_long:
+            shown = "\n  ".join(too_long[:20])
+            raise ValueError(
+                f"{len(too_long)} prompt(s) exceed the prompt budget:\n  {shown}\n"
+                "Drop or shorten those rows (trapo prepare --max-prompt-tokens does it), or raise max_prompt_length"
+            )
+    longest = max(lengths, default=0)
+    if context_length and longest + args.max_completion_length > context_length:
+        row = lengths.index(longest)
         raise ValueError(
-            f"{len(too_long)} prompt(s) exceed the prompt budget:\n  {shown}\n"
-            "Drop or shorten those rows (trapo prepare --max-prompt-tokens does it), or raise max_prompt_length"
+            f"row {row}'s prompt ({longest} tokens) plus max_completion_length ({args.max_completion_length}) is "
+            f"{longest + args.max_completion_length} tokens, past the model's context of {context_length} positions "
+            "(max_position_embeddings): lower max_completion_length, drop long prompts (max_prompt_length), or "
+            "extend the context (trapo train: rope_theta and max_position_embeddings)"
         )
