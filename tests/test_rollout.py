@@ -195,7 +195,8 @@ def test_one_generate_call_per_stage_with_what_the_budget_leaves():
     assert [max_new for _, max_new in generate.calls] == [BUDGET, BUDGET - 10, BUDGET - 15, BUDGET]
     assert generate.calls[1][0][0] == PROMPTS[0] + tokenize(FIRST)[:10]  # context = prompt + prefix
     # One score call per stage, over every group's samples of that stage (stage 4's full traces are scored too).
-    assert [[x.stage for x in call] for call in batch.score_calls] == [[s] * (n * 3) for s, n in enumerate((4, 2, 1, 1))]
+    stages = [[x.stage for x in call] for call in batch.score_calls]
+    assert stages == [[s] * (n * 3) for s, n in enumerate((4, 2, 1, 1))]
     assert batch.counts()["generated_tokens"] == sum(len(x.continuation) for x in batch.samples)
 
 
