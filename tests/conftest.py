@@ -1,4 +1,5 @@
-"""Shared fixtures: a tiny local model and a toy addition dataset (no downloads, seeded)."""
+"""Shared fixtures: a tiny local model, a toy addition dataset and the one way tests build a `TRAPOTrainer` on them
+(`make_trainer`), plus `tiny_config` / `sft_config` (no downloads, seeded)."""
 
 from __future__ import annotations
 
@@ -72,3 +73,57 @@ def tiny_config(tmp_path, **overrides):
     )
     values.update(overrides)
     return TRAPOConfig(**values)
+
+
+def sft_config(tmp_path, **overrides):
+    from trapo.sft import TRAPOSFTConfig
+
+    values = dict(
+        output_dir=str(tmp_path / "sft"),
+        per_device_train_batch_size=8,
+        max_steps=2,
+        learning_rate=1e-3,
+        logging_steps=1,
+        report_to=[],
+        save_strategy="no",
+        use_cpu=True,
+        gradient_checkpointing=False,
+        seed=0,
+        disable_tqdm=True,
+    )
+    values.update(overrides)
+    return TRAPOSFTConfig(**values)
+
+
+@pytest.fixture
+def make_trainer(tmp_path, tokenizer):
+    """``make_trainer(reward=0.0, rows=None, model=None, out="out", args=None, **config)``: a `TRAPOTrainer` on the
+    tiny model (a fresh one unless given) and the addition rows (or ``rows``), with ``tiny_config`` overridden by
+    ``config`` under ``tmp_path / out``, and the session's tokenizer (or ``tokenizer``). ``reward`` is a number (a
+    constant reward) or reward function(s); other keyword arguments of the trainer go in ``trainer_kwargs``."""
+    from datasets import Dataset
+
+    from trapo.tasks.tiny_model import build_model
+    from trapo.trainer import TRAPOTrainer
+
+    def build(
+        reward=0.0, rows=None, model=None, out="out", args=None, tokenizer=tokenizer, trainer_kwargs=None, **config
+    ):
+        if args is None:
+            config.setdefault("output_dir", str(tmp_path / out))
+            args = tiny_config(tmp_path, **config)
+        rewards = constant_reward(reward) if isinstance(reward, int | float) else reward
+        return TRAPOTrainer(
+            model=model
+            if model is not None
+            else build_model(tokenizer, hidden_size=32, num_layers=1, num_heads=2, seed=0),
+            reward_funcs=rewards,
+            args=args,
+            train_dataset=rows
+            if isinstance(rows, Dataset)
+            else Dataset.from_list(addition_rows() if rows is None else rows),
+            processing_class=tokenizer,
+            **(trainer_kwargs or {}),
+        )
+
+    return build

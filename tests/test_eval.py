@@ -202,3 +202,13 @@ def test_trapo_prompt_style_renders_the_training_prompt():
     assert "LUFFY's long system prompt" in dataset and "LUFFY" not in trapo
     assert trapo.startswith("<|im_start|>system\nYou are a helpful assistant.<|im_end|>")
     assert "What is 2+2?\nPlease reason step by step" in trapo and trapo.endswith("<|im_start|>assistant\n")
+
+
+def test_missing_or_corrupt_benchmark_file(tmp_path):
+    from trapo.eval.benchmarks import load_benchmark
+
+    with pytest.raises(FileNotFoundError, match=r"benchmark 'aime': .*aime.parquet not found; pass --data-dir"):
+        load_benchmark("aime", tmp_path)
+    (tmp_path / "aime.parquet").write_bytes(b"PAR1 this is not parquet")
+    with pytest.raises(ValueError, match="not a readable parquet file"):
+        load_benchmark("aime", tmp_path)

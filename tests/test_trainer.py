@@ -4,19 +4,10 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import constant_reward, tiny_config
 
-from trapo.config import TRAPOConfig
 from trapo.core import mixed_loss
 from trapo.recipes import RL_METHODS
 from trapo.trainer import TRAPOTrainer
-
-
-def make_trainer(tmp_path, model, tokenizer, dataset, reward=0.0, **overrides):
-    args = tiny_config(tmp_path, **overrides)
-    return TRAPOTrainer(
-        model=model, reward_funcs=constant_reward(reward), args=args, train_dataset=dataset, processing_class=tokenizer
-    )
 
 
 def rollout(trainer, dataset, num_prompts=2):
@@ -27,9 +18,9 @@ def rollout(trainer, dataset, num_prompts=2):
 
 
 @pytest.mark.parametrize("method", sorted(RL_METHODS))
-def test_every_rl_preset_trains_two_steps(tmp_path, tiny_model, tokenizer, addition_dataset, method):
+def test_every_rl_preset_trains_two_steps(make_trainer, tiny_model, method):
     before = [p.detach().clone() for p in tiny_model.parameters()]
-    trainer = make_trainer(tmp_path, tiny_model, tokenizer, addition_dataset, reward=0.0, method=method)
+    trainer = make_trainer(model=tiny_model, reward=0.0, method=method)
     trainer.train()
     assert trainer.state.global_step == 2
     losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
@@ -41,9 +32,9 @@ def test_every_rl_preset_trains_two_steps(tmp_path, tiny_model, tokenizer, addit
 
 
 def test_zero_reward_fires_every_guided_stage_and_marks_one_sft_copy_per_prefix(
-    tmp_path, tiny_model, tokenizer, addition_dataset
+    make_trainer, tiny_model, tokenizer, addition_dataset
 ):
-    trainer = make_trainer(tmp_path, tiny_model, tokenizer, addition_dataset, reward=0.0, max_completion_length=24)
+    trainer = make_trainer(model=tiny_model, reward=0.0, max_completion_length=24)
     out = rollout(trainer, addition_dataset)
     prefix_mask = out["prefix_mask"]
     guided = prefix_mask.any(dim=1).view(2, 8)
@@ -66,8 +57,8 @@ def test_zero_reward_fires_every_guided_stage_and_marks_one_sft_copy_per_prefix(
     assert torch.all(out["advantages"] == 0)
 
 
-def test_full_reward_gives_no_guidance_and_zero_advantages(tmp_path, tiny_model, tokenizer, addition_dataset):
-    trainer = make_trainer(tmp_path, tiny_model, tokenizer, addition_dataset, reward=1.0)
+def test_full_reward_gives_no_guidance_and_zero_advantages(make_trainer, tiny_model, addition_dataset):
+    trainer = make_trainer(model=tiny_model, reward=1.0)
     out = rollout(trainer, addition_dataset)
     assert not (out["prefix_mask"]).any()
     assert out["imitated_mask"].sum() == 0
@@ -75,9 +66,7 @@ def test_full_reward_gives_no_guidance_and_zero_advantages(tmp_path, tiny_model,
     assert trainer.rollout_stats["guided_samples"] == 0
 
 
-def test_advantages_are_group_centred_over_guided_and_unguided_samples(
-    tmp_path, tiny_model, tokenizer, addition_dataset
-):
+def test_advantages_are_group_centred_over_guided_and_unguided_samples(make_trainer, tiny_model, addition_dataset):
     def guided_success(completions, **kwargs):
         # Scores 1 exactly when the completion starts with the expert's text (guided samples).
         return [
@@ -85,14 +74,7 @@ def test_advantages_are_group_centred_over_guided_and_unguided_samples(
             for i, c in enumerate(completions)
         ]
 
-    args = tiny_config(tmp_path)
-    trainer = TRAPOTrainer(
-        model=tiny_model,
-        reward_funcs=guided_success,
-        args=args,
-        train_dataset=addition_dataset,
-        processing_class=tokenizer,
-    )
+    trainer = make_trainer(model=tiny_model, reward=guided_success)
     out = rollout(trainer, addition_dataset, num_prompts=1)
     guided = (out["prefix_mask"]).any(dim=1)
     rewards = guided.float()  # the random model never writes "add" itself
@@ -100,8 +82,8 @@ def test_advantages_are_group_centred_over_guided_and_unguided_samples(
     assert guided.sum() == 4
 
 
-def test_trainer_loss_equals_core_mixed_loss(tmp_path, tiny_model, tokenizer, addition_dataset):
-    trainer = make_trainer(tmp_path, tiny_model, tokenizer, addition_dataset, reward=0.0, gradient_checkpointing=False)
+def test_trainer_loss_equals_core_mixed_loss(make_trainer, tiny_model, addition_dataset):
+    trainer = make_trainer(model=tiny_model, reward=0.0, gradient_checkpointing=False)
     torch.manual_seed(0)
     inputs = rollout(trainer, addition_dataset)
     inputs["advantages"] = torch.randn(inputs["advantages"].shape)
@@ -132,68 +114,12 @@ def test_trainer_loss_equals_core_mixed_loss(tmp_path, tiny_model, tokenizer, ad
     assert inputs["imitated_mask"].sum() > 0 and (completion & ~prefix).sum() > 0
 
 
-def test_schedule_size_must_match_num_generations(tmp_path):
-    with pytest.raises(
-        ValueError, match=r"num_generations \(6\) must equal the schedule's total \(4 \+ 2 \+ 1 \+ 1 = 8\)"
-    ):
-        tiny_config(tmp_path, num_generations=6, per_device_train_batch_size=12)
-
-
-def test_custom_schedule_from_config_and_grpo_sized_by_num_generations(tmp_path):
-    args = tiny_config(
-        tmp_path, num_generations=4, schedule=[{"n": 3}, {"n": 1, "prefix_ratio": 0.5, "threshold": 0.5}]
-    )
-    assert [(s.n, s.prefix_ratio, s.threshold) for s in args.micro_groups] == [(3, 0.0, None), (1, 0.5, 0.5)]
-    grpo = tiny_config(tmp_path, method="grpo", num_generations=4)
-    assert [s.n for s in grpo.micro_groups] == [4] and grpo.prefix_loss == "none"
-
-
-@pytest.mark.parametrize(
-    ("overrides", "message"),
-    [
-        ({"method": "ppo"}, "unknown method 'ppo'"),
-        ({"method": "sft"}, "has an SFT phase"),
-        ({"prefix_loss": "kl"}, "prefix_loss must be one of"),
-        ({"alpha": 0.0}, r"alpha must be in \(0, 1\]"),
-        ({"schedule": [{"n": 4}, {"n": 4, "prefix_ratio": 0.5}]}, "needs a threshold"),
-        ({"schedule": [{"n": 8, "ratio": 0.5}]}, "unknown keys"),
-        ({"loss_type": "grpo"}, "Dr. GRPO"),
-        ({"per_device_train_batch_size": 4}, r"\(4 × 1\) must be a multiple of num_generations \(8\): each process"),
-    ],
-)
-def test_config_rejects_bad_settings(tmp_path, overrides, message):
-    with pytest.raises(ValueError, match=message):
-        tiny_config(tmp_path, **overrides)
-
-
-def test_default_config_is_the_paper_recipe(tmp_path):
-    args = TRAPOConfig(output_dir=str(tmp_path), use_cpu=True, report_to=[])
-    assert [(s.n, s.prefix_ratio, s.threshold) for s in args.micro_groups] == [
-        (4, 0.0, None),
-        (2, 0.25, 0.5),
-        (1, 0.5, 0.7),
-        (1, 1.0, 0.9),
-    ]
-    assert (args.alpha, args.prefix_loss, args.loss_type, args.scale_rewards, args.beta) == (
-        0.1,
-        "trsft",
-        "dr_grpo",
-        "none",
-        0.0,
-    )
-    assert args.entropy_coef == 0.001 and args.num_iterations == 1 and args.epsilon is None
-
-
 @pytest.mark.parametrize("reward", [0.0, 1.0])
-def test_speculative_rollout_takes_the_same_decisions_as_staged(
-    tmp_path, tiny_model, tokenizer, addition_dataset, reward
-):
+def test_speculative_rollout_takes_the_same_decisions_as_staged(make_trainer, tiny_model, addition_dataset, reward):
     """Same guidance, prefixes and SFT marks as 'staged' in one generate call; the unpicked candidates are counted."""
     outs, trainers = {}, {}
     for mode in ("staged", "speculative"):
-        trainers[mode] = make_trainer(
-            tmp_path / mode, tiny_model, tokenizer, addition_dataset, reward=reward, rollout=mode
-        )
+        trainers[mode] = make_trainer(out=mode, model=tiny_model, reward=reward, rollout=mode)
         outs[mode] = rollout(trainers[mode], addition_dataset)
     staged, speculative = outs["staged"], outs["speculative"]
     for key in ("imitated_mask", "advantages"):
@@ -208,9 +134,9 @@ def test_speculative_rollout_takes_the_same_decisions_as_staged(
     assert stats["speculative"]["discarded_samples"] == 2 * 4
 
 
-def test_guided_stages_decode_only_what_the_budget_leaves(tmp_path, tiny_model, tokenizer, addition_dataset):
+def test_guided_stages_decode_only_what_the_budget_leaves(make_trainer, tiny_model, addition_dataset):
     """A stage whose requests all carry a prefix decodes at most budget − shortest prefix new tokens."""
-    trainer = make_trainer(tmp_path, tiny_model, tokenizer, addition_dataset, reward=0.0, max_completion_length=24)
+    trainer = make_trainer(model=tiny_model, reward=0.0, max_completion_length=24)
     seen = []
     generate = trainer._generate_single_turn
 
@@ -227,16 +153,13 @@ def test_guided_stages_decode_only_what_the_budget_leaves(tmp_path, tiny_model, 
     assert int(out["completion_mask"].sum(1).max()) <= 24
 
 
-def test_eval_mode_groups_advantages_by_num_generations_eval(tmp_path, tiny_model, tokenizer, addition_dataset):
+def test_eval_mode_groups_advantages_by_num_generations_eval(make_trainer, tiny_model, tokenizer, addition_dataset):
     """Evaluation draws num_generations_eval samples per prompt: its advantages are centred on those groups."""
 
     def parity(completions, **kwargs):
         return [float(len(c) % 2) for c in completions]
 
-    args = tiny_config(tmp_path, num_generations_eval=4, per_device_eval_batch_size=8)
-    trainer = TRAPOTrainer(
-        model=tiny_model, reward_funcs=parity, args=args, train_dataset=addition_dataset, processing_class=tokenizer
-    )
+    trainer = make_trainer(model=tiny_model, reward=parity, num_generations_eval=4, per_device_eval_batch_size=8)
     trainer.model.eval()
     rows = [addition_dataset[i] for i in range(2) for _ in range(4)]
     out = trainer._generate_and_score_completions(rows)
@@ -264,11 +187,12 @@ class FakeVLLM:
         return None, [self.ids[:n] for _ in prompts], [[[-1.0]] * n for _ in prompts], None
 
 
-def test_vllm_importance_sampling_ratio_leaves_expert_prefixes_out(tmp_path, tiny_model, tokenizer, addition_dataset):
+def test_vllm_importance_sampling_ratio_leaves_expert_prefixes_out(
+    make_trainer, tiny_model, tokenizer, addition_dataset
+):
     """With the correction on, a guided sample's ratio covers only what the sampler generated: prefix tokens (never
     sampled by vLLM) have no sampling log-prob and are masked out; a full-trace sample's ratio is exactly 1."""
-    trainer = make_trainer(
-        tmp_path, tiny_model, tokenizer, addition_dataset, reward=0.0, max_completion_length=24,
+    trainer = make_trainer(model=tiny_model, reward=0.0, max_completion_length=24,
         vllm_importance_sampling_correction=True, vllm_importance_sampling_mode="sequence_truncate",
         vllm_importance_sampling_clip_max=1e9,
     )  # fmt: skip
@@ -292,7 +216,7 @@ def test_vllm_importance_sampling_ratio_leaves_expert_prefixes_out(tmp_path, tin
     assert full_trace.sum() == 2 and torch.all(out["importance_sampling_ratio"][full_trace] == 1.0)
 
 
-def test_vllm_logprobs_are_returned_even_when_nothing_was_generated(tmp_path, tiny_model, tokenizer, addition_dataset):
+def test_vllm_logprobs_are_returned_even_when_nothing_was_generated(addition_dataset):
     """TRL needs the log-prob list under vLLM; a batch of full-trace samples alone has none of its own."""
     from trapo.rollout import RolloutBatch, Sample
 
@@ -302,10 +226,8 @@ def test_vllm_logprobs_are_returned_even_when_nothing_was_generated(tmp_path, ti
     assert TRAPOTrainer._rollout_output(batch, [[7, 8]])["logprobs"] is None
 
 
-def test_the_default_rollout_is_auto_staged_on_cpu_speculative_on_cuda(
-    tmp_path, tiny_model, tokenizer, addition_dataset, monkeypatch
-):
-    trainer = make_trainer(tmp_path, tiny_model, tokenizer, addition_dataset)
+def test_the_default_rollout_is_auto_staged_on_cpu_speculative_on_cuda(make_trainer, tiny_model, monkeypatch):
+    trainer = make_trainer(model=tiny_model)
     assert trainer.args.rollout == "auto" and trainer.rollout_kind == "staged"
     monkeypatch.setattr(type(trainer.accelerator), "device", property(lambda self: torch.device("cuda")))
     assert trainer.rollout_kind == "speculative"
@@ -313,17 +235,13 @@ def test_the_default_rollout_is_auto_staged_on_cpu_speculative_on_cuda(
     assert trainer.rollout_kind == "staged"
 
 
-def test_the_headline_reward_is_the_policys_own(tmp_path, tiny_model, tokenizer, addition_dataset):
+def test_the_headline_reward_is_the_policys_own(make_trainer, tiny_model):
     """A model that solves nothing must not show a positive `reward` because the expert samples score."""
 
     def expert_only(completions, **kwargs):  # only the full expert trace (which starts with it) scores
         return [1.0 if c.startswith(kwargs["expert"][i][1][:5]) else 0.0 for i, c in enumerate(completions)]
 
-    args = tiny_config(tmp_path, max_steps=1, max_completion_length=32)
-    trainer = TRAPOTrainer(
-        model=tiny_model, reward_funcs=expert_only, args=args, train_dataset=addition_dataset,
-        processing_class=tokenizer,
-    )  # fmt: skip
+    trainer = make_trainer(model=tiny_model, reward=expert_only, max_steps=1, max_completion_length=32)
     trainer.train()
     (log,) = [h for h in trainer.state.log_history if "reward" in h]
     assert log["reward"] == 0.0  # the policy's own samples: nothing solved
@@ -331,10 +249,8 @@ def test_the_headline_reward_is_the_policys_own(tmp_path, tiny_model, tokenizer,
     assert log["trapo/reward_unguided"] == 0.0
 
 
-def test_logged_completions_mark_where_the_expert_prefix_ends(tmp_path, tiny_model, tokenizer, addition_dataset):
-    trainer = make_trainer(
-        tmp_path, tiny_model, tokenizer, addition_dataset, reward=0.0, log_completions=True, max_completion_length=32
-    )
+def test_logged_completions_mark_where_the_expert_prefix_ends(make_trainer, tiny_model, addition_dataset):
+    trainer = make_trainer(model=tiny_model, reward=0.0, log_completions=True, max_completion_length=32)
     rollout(trainer, addition_dataset, num_prompts=1)
     logged = list(trainer._logs["completion"])[-8:]
     assert not any(TRAPOTrainer.PREFIX_END_MARK in c for c in logged[:4])  # stage 1: unguided
@@ -342,10 +258,10 @@ def test_logged_completions_mark_where_the_expert_prefix_ends(tmp_path, tiny_mod
     assert logged[4].startswith("add 1 and 2\n\n" + TRAPOTrainer.PREFIX_END_MARK)
 
 
-def test_the_run_folder_gets_the_resolved_config(tmp_path, tiny_model, tokenizer, addition_dataset):
+def test_the_run_folder_gets_the_resolved_config(make_trainer, tmp_path, tiny_model, addition_dataset):
     import yaml
 
-    trainer = make_trainer(tmp_path, tiny_model, tokenizer, addition_dataset, reward=0.0, max_steps=1, method="luffy")
+    trainer = make_trainer(model=tiny_model, reward=0.0, max_steps=1, method="luffy")
     trainer.train()
     saved = yaml.safe_load((tmp_path / "out" / "trapo_config.yaml").read_text())
     assert saved["config"]["method"] == "luffy" and saved["config"]["prefix_loss"] == "luffy"  # preset filled in

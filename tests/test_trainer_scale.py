@@ -11,10 +11,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import constant_reward, tiny_config
 
 from trapo.tasks.tiny_model import build_model
-from trapo.trainer import TRAPOTrainer
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -28,14 +26,8 @@ def fresh_model(tokenizer):
     return build_model(tokenizer, hidden_size=32, num_layers=1, num_heads=2, seed=0)
 
 
-def train(tmp_path, tokenizer, dataset, resume=None, **overrides):
-    trainer = TRAPOTrainer(
-        model=fresh_model(tokenizer),
-        reward_funcs=length_reward,
-        args=tiny_config(tmp_path, **overrides),
-        train_dataset=dataset,
-        processing_class=tokenizer,
-    )
+def train(make_trainer, out: str, resume=None, **overrides):
+    trainer = make_trainer(reward=length_reward, out=out, **overrides)
     trainer.train(resume_from_checkpoint=resume)
     return trainer
 
@@ -49,16 +41,15 @@ def max_diff(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
     return max((a[k] - b[k]).abs().max().item() for k in a)
 
 
-def test_gradient_accumulation_matches_one_big_batch(tmp_path, tokenizer, addition_dataset):
+def test_gradient_accumulation_matches_one_big_batch(make_trainer, tokenizer):
     # 8 samples per micro-batch × 2 accumulation steps: TRL generates once for the 16-sample generation batch
     # (2 prompt groups), then shuffles it and splits it into two micro-batches. With SGD and no entropy bonus (the
     # one per-micro-batch mean) the update must equal one step on the whole batch: the loss is a token sum over a
     # constant, and each micro-batch is divided by the accumulation steps exactly once.
     common = dict(optim="sgd", learning_rate=0.1, entropy_coef=0.0)
     accumulated = train(
-        tmp_path / "ga",
-        tokenizer,
-        addition_dataset,
+        make_trainer,
+        "ga",
         **common,
         per_device_train_batch_size=8,
         gradient_accumulation_steps=2,
@@ -68,7 +59,7 @@ def test_gradient_accumulation_matches_one_big_batch(tmp_path, tokenizer, additi
     assert accumulated.rollout_stats["prompts"] == 4
     assert accumulated.rollout_stats["samples"] == 32
 
-    single = train(tmp_path / "one", tokenizer, addition_dataset, per_device_train_batch_size=16, **common)
+    single = train(make_trainer, "one", per_device_train_batch_size=16, **common)
     assert single.rollout_stats["prompts"] == 4
     initial = weights(fresh_model(tokenizer))
     moved = max_diff(weights(single.model), initial)
@@ -80,19 +71,12 @@ def test_gradient_accumulation_matches_one_big_batch(tmp_path, tokenizer, additi
     assert losses[0] == pytest.approx(losses[1], rel=1e-4, abs=1e-6)
 
 
-def test_lora_trains_only_adapter_weights(tmp_path, tokenizer, addition_dataset):
+def test_lora_trains_only_adapter_weights(make_trainer, tokenizer):
     from peft import LoraConfig
 
     config = LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM")
     model = fresh_model(tokenizer)
-    trainer = TRAPOTrainer(
-        model=model,
-        reward_funcs=constant_reward(0.0),
-        args=tiny_config(tmp_path),
-        train_dataset=addition_dataset,
-        processing_class=tokenizer,
-        peft_config=config,
-    )
+    trainer = make_trainer(model=model, trainer_kwargs={"peft_config": config})
     before = {k: v.detach().clone() for k, v in trainer.model.named_parameters()}
     trainer.train()
     assert trainer.state.global_step == 2
@@ -105,7 +89,7 @@ def test_lora_trains_only_adapter_weights(tmp_path, tokenizer, addition_dataset)
     assert {k for k, v in after.items() if v.requires_grad} == lora
 
 
-def test_resume_from_checkpoint_reproduces_the_uninterrupted_run(tmp_path, tokenizer, addition_dataset):
+def test_resume_from_checkpoint_reproduces_the_uninterrupted_run(make_trainer, tmp_path):
     settings = dict(
         per_device_train_batch_size=8,
         max_steps=4,
@@ -114,11 +98,11 @@ def test_resume_from_checkpoint_reproduces_the_uninterrupted_run(tmp_path, token
         seed=0,
         data_seed=0,
     )
-    full = train(tmp_path / "full", tokenizer, addition_dataset, **settings)
-    checkpoint = tmp_path / "full" / "out" / "checkpoint-2"
+    full = train(make_trainer, "full", **settings)
+    checkpoint = tmp_path / "full" / "checkpoint-2"
     assert full.state.global_step == 4 and checkpoint.is_dir()
 
-    resumed = train(tmp_path / "resumed", tokenizer, addition_dataset, resume=str(checkpoint), **settings)
+    resumed = train(make_trainer, "resumed", resume=str(checkpoint), **settings)
     assert resumed.state.global_step == 4
     # Steps 3-4 run again from the restored model, optimizer, scheduler, sampler position and RNG state (which
     # drives sampling), so they see the same prompts, draw the same completions and reach the same weights.

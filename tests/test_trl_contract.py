@@ -14,10 +14,8 @@ import warnings
 import pytest
 import torch
 import trl
-from conftest import constant_reward, tiny_config
+from conftest import constant_reward
 from trl import GRPOConfig, GRPOTrainer
-
-from trapo.trainer import TRAPOTrainer
 
 
 def test_trl_version_is_pinned():
@@ -147,7 +145,7 @@ def test_rollout_func_env_mask_becomes_tool_mask(plain_grpo, addition_dataset):
     assert out["advantages"].shape == (8,)
 
 
-def test_trapo_rollout_goes_through_rollout_func_and_reward_cache(tmp_path, tiny_model, tokenizer, addition_dataset):
+def test_trapo_rollout_goes_through_rollout_func_and_reward_cache(make_trainer, tiny_model, addition_dataset):
     # TRAPO scores in its staged rollout (one call per stage); TRL must then call the _calculate_rewards override,
     # which hands back the cache: a fifth call would mean TRL scores by another path.
     calls = []
@@ -156,13 +154,7 @@ def test_trapo_rollout_goes_through_rollout_func_and_reward_cache(tmp_path, tiny
         calls.append(len(completions))
         return [0.0] * len(completions)
 
-    trainer = TRAPOTrainer(
-        model=tiny_model,
-        reward_funcs=counting_reward,
-        args=tiny_config(tmp_path),
-        train_dataset=addition_dataset,
-        processing_class=tokenizer,
-    )
+    trainer = make_trainer(model=tiny_model, reward=counting_reward)
     assert trainer.rollout_func == trainer._rollout
     rows = [addition_dataset[i] for i in range(2) for _ in range(8)]
     trainer.model.train()
@@ -180,15 +172,9 @@ def test_trapo_rollout_goes_through_rollout_func_and_reward_cache(tmp_path, tiny
     assert hasattr(trainer, "vllm_importance_sampling_correction")
 
 
-def test_generation_budget_knobs_exist(tmp_path, tiny_model, tokenizer, addition_dataset):
+def test_generation_budget_knobs_exist(make_trainer, tiny_model):
     """`TRAPOTrainer._max_new_tokens` caps a stage's decoding through these TRL attributes."""
-    trainer = TRAPOTrainer(
-        model=tiny_model,
-        reward_funcs=constant_reward(0.0),
-        args=tiny_config(tmp_path),
-        train_dataset=addition_dataset,
-        processing_class=tokenizer,
-    )
+    trainer = make_trainer(model=tiny_model)
     assert trainer.generation_config.max_new_tokens == trainer.max_completion_length
     assert trainer.generation_kwargs["max_new_tokens"] == trainer.max_completion_length
     from trapo.engines import max_new_tokens

@@ -1,4 +1,4 @@
-"""A TRAPO run that can SIGKILL itself in the middle of saving a checkpoint; used by ``tests/test_reliability.py``.
+"""A TRAPO run that can SIGKILL itself in the middle of saving a checkpoint; used by ``tests/test_checkpointing.py``.
 
 Usage: ``python tests/scripts/crash_train.py OUTPUT_DIR [--kill-saving-step K] [--resume]``
 

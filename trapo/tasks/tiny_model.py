@@ -6,7 +6,7 @@ token so that prefix cutting at paragraph boundaries is exercised exactly as wit
 Why Llama and not Qwen2 (the paper's family): transformers 5 loads the tokenizer of a saved ``qwen2`` checkpoint
 as ``Qwen2Tokenizer`` whatever ``tokenizer_config.json`` says, which rebuilds a byte-level BPE pipeline and
 silently drops this tokenizer's whitespace tokens. A ``llama`` checkpoint honours the saved ``TokenizersBackend``,
-so ``AutoTokenizer.from_pretrained`` round-trips (``tests/test_tasks.py`` checks it).
+so ``AutoTokenizer.from_pretrained`` round-trips (``tests/test_tasks_chains.py`` checks it).
 """
 
 from __future__ import annotations

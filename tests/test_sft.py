@@ -6,35 +6,16 @@ import math
 
 import pytest
 import torch
-from conftest import tiny_config
+from conftest import sft_config
 from datasets import Dataset
 from torch import nn
 from trl import SFTTrainer
 from trl.trainer.utils import FusedCausalLMOutput
 
-from trapo import recipes
-from trapo.sft import TRAPOSFTConfig, TrSFTTrainer, expert_sft_dataset, train_sft
+from trapo.sft import TrSFTTrainer, expert_sft_dataset, train_sft
 
 
-def sft_config(tmp_path, **overrides):
-    values = dict(
-        output_dir=str(tmp_path / "sft"),
-        per_device_train_batch_size=8,
-        max_steps=2,
-        learning_rate=1e-3,
-        logging_steps=1,
-        report_to=[],
-        save_strategy="no",
-        use_cpu=True,
-        gradient_checkpointing=False,
-        seed=0,
-        disable_tqdm=True,
-    )
-    values.update(overrides)
-    return TRAPOSFTConfig(**values)
-
-
-def make_trainer(tmp_path, model, tokenizer, dataset, cls=TrSFTTrainer, **overrides):
+def make_sft_trainer(tmp_path, model, tokenizer, dataset, cls=TrSFTTrainer, **overrides):
     return cls(
         model=model,
         args=sft_config(tmp_path, **overrides),
@@ -120,10 +101,10 @@ def test_config_rejects_bad_settings(tmp_path, overrides, message):
 
 
 def test_nll_loss_equals_trl_loss(tmp_path, tiny_model, tokenizer, addition_dataset):
-    ours = make_trainer(tmp_path, tiny_model, tokenizer, addition_dataset, sft_loss="nll")
+    ours = make_sft_trainer(tmp_path, tiny_model, tokenizer, addition_dataset, sft_loss="nll")
     batch = batch_of(ours)
     assert (batch["labels"][:, 0] == -100).all()  # the prompt is masked: completion-only loss
-    trl = make_trainer(tmp_path, tiny_model, tokenizer, addition_dataset, cls=SFTTrainer)
+    trl = make_sft_trainer(tmp_path, tiny_model, tokenizer, addition_dataset, cls=SFTTrainer)
     loss = ours.compute_loss(ours.model, dict(batch))
     assert torch.allclose(loss, trl.compute_loss(trl.model, dict(batch)), atol=1e-5)
     logps, mask = completion_logps(tiny_model, batch)
@@ -133,7 +114,7 @@ def test_nll_loss_equals_trl_loss(tmp_path, tiny_model, tokenizer, addition_data
 
 def test_trsft_hook_on_a_hand_checked_case(tmp_path, tiny_model, tokenizer, addition_dataset):
     """p = 0.5, 0.05, 0.9 (+ one ignored position), alpha 0.1: values -1, -0.5, -1; weights on ∇log p 1, 0.5, 1."""
-    trainer = make_trainer(tmp_path, tiny_model, tokenizer, addition_dataset, sft_loss="trsft", alpha=0.1)
+    trainer = make_sft_trainer(tmp_path, tiny_model, tokenizer, addition_dataset, sft_loss="trsft", alpha=0.1)
     probs = torch.tensor([[0.5, 0.05, 0.9, 1.0]])
     mask = torch.tensor([[True, True, True, False]])
 
@@ -161,7 +142,7 @@ def test_trsft_hook_on_a_hand_checked_case(tmp_path, tiny_model, tokenizer, addi
 
 
 def test_trsft_loss_and_gradients_on_the_model(tmp_path, tiny_model, tokenizer, addition_dataset):
-    trainer = make_trainer(tmp_path, tiny_model, tokenizer, addition_dataset, sft_loss="trsft")
+    trainer = make_sft_trainer(tmp_path, tiny_model, tokenizer, addition_dataset, sft_loss="trsft")
     batch = batch_of(trainer)
     logps, mask = completion_logps(tiny_model, batch)
     p = logps.detach().exp()[mask]
@@ -204,51 +185,10 @@ def mean_expert_nll(model, trainer):
 
 @pytest.mark.parametrize("sft_loss", ["nll", "trsft"])
 def test_sft_lowers_the_loss_on_expert_traces(tmp_path, tiny_model, tokenizer, addition_dataset, sft_loss):
-    probe = make_trainer(tmp_path, tiny_model, tokenizer, addition_dataset)
+    probe = make_sft_trainer(tmp_path, tiny_model, tokenizer, addition_dataset)
     before = mean_expert_nll(tiny_model, probe)
     args = sft_config(tmp_path, sft_loss=sft_loss, max_steps=20, learning_rate=1e-2, logging_steps=5)
     model = train_sft(tiny_model, tokenizer, addition_dataset, args)
     assert model is tiny_model
     after = mean_expert_nll(model, probe)
     assert after < before - 1.0, (before, after)
-
-
-def test_sft_then_grpo_trains_in_both_phases(tmp_path, tiny_model, tokenizer, addition_dataset):
-    snapshots = {"init": [p.detach().clone() for p in tiny_model.parameters()]}
-
-    def after_phase(phase, trainer):
-        snapshots[phase] = [p.detach().clone() for p in trainer.model.parameters()]
-
-    def parity_reward(completions, **kwargs):  # varies across samples, so GRPO's advantages are not all zero
-        return [float(len(c) % 2) for c in completions]
-
-    grpo_args = tiny_config(tmp_path, method="grpo", num_generations=4, per_device_train_batch_size=8)
-    def run(sft_args, rl_args, **kwargs):
-        return recipes.train_method(
-            "sft-then-grpo", tiny_model, tokenizer, addition_dataset, [parity_reward], sft_args=sft_args,
-            rl_args=rl_args, **kwargs
-        )  # fmt: skip
-
-    with pytest.raises(ValueError, match=r"agree on \['bf16'\]"):
-        run(sft_config(tmp_path, bf16=False), grpo_args)
-    with pytest.raises(ValueError, match="rl_args.method is 'trapo'"):
-        run(sft_config(tmp_path), tiny_config(tmp_path))
-    with pytest.raises(ValueError, match="sft_loss='nll'"):
-        run(sft_config(tmp_path, sft_loss="trsft"), grpo_args)
-    model = run(sft_config(tmp_path), grpo_args, on_phase_end=after_phase)
-
-    def changed(a, b):
-        return any(not torch.equal(x, y) for x, y in zip(a, b, strict=True))
-
-    assert changed(snapshots["init"], snapshots["sft"])
-    assert changed(snapshots["sft"], [p.detach() for p in model.parameters()])
-    assert not changed(snapshots["rl"], [p.detach() for p in model.parameters()])
-
-
-def test_train_method_checks_its_arguments(tiny_model, tokenizer, addition_dataset):
-    with pytest.raises(ValueError, match="unknown method"):
-        recipes.train_method("dpo", tiny_model, tokenizer, addition_dataset)
-    with pytest.raises(ValueError, match="needs sft_args"):
-        recipes.train_method("sft-then-grpo", tiny_model, tokenizer, addition_dataset)
-    with pytest.raises(ValueError, match="needs rl_args"):
-        recipes.train_method("trapo", tiny_model, tokenizer, addition_dataset)
