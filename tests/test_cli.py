@@ -117,3 +117,79 @@ def test_bench_writes_its_report_only_where_asked():
 
     args = build_parser().parse_args(["bench"])
     assert args.output is None  # printed only; `--output docs/benchmarks.md` updates the project's report
+
+
+def test_a_yaml_syntax_error_names_the_file_and_line(workdir, capsys):
+    Path("broken.yaml").write_text("model_name_or_path: tiny\nmax_steps: [1\n")
+    line = one_line_error(capsys, ["train", "--config", "broken.yaml"])
+    assert "broken.yaml: not valid YAML at line 3, column 1" in line
+
+
+@pytest.mark.parametrize("command", ["train", "prepare"])
+def test_a_malformed_jsonl_line_is_named_by_number(workdir, capsys, command):
+    lines = Path("rows.jsonl").read_text().splitlines()
+    lines[3] = lines[3].replace('"answer":', '"answer"')
+    Path("rows.jsonl").write_text("\n".join(lines) + "\n")
+    argv = train() if command == "train" else ["prepare", "rows.jsonl", "--output", "out.jsonl"]
+    line = one_line_error(capsys, argv)
+    assert "rows.jsonl: line 4 is not valid JSON (Expecting ':' delimiter" in line
+
+
+def test_a_named_schedule_in_yaml_resolves_and_a_wrong_name_is_one_line(workdir, capsys):
+    assert main([*train("schedule=released"), "--dry-run"]) == 0
+    assert '"threshold": 0.66' in capsys.readouterr().out
+    line = one_line_error(capsys, [*train("schedule=papr"), "--dry-run"])
+    assert "schedule 'papr' is not a known schedule (paper, released)" in line
+
+
+def test_a_bad_value_for_a_list_setting_is_one_line_not_argparses_usage(workdir, capsys):
+    line = one_line_error(capsys, [*train(), "--reward_weights", "heavy", "--dry-run"])
+    assert "argument --reward_weights/--reward-weights: invalid float value: 'heavy' (see trapo train --help)" in line
+
+
+def test_push_to_hub_without_the_hub_is_refused_before_loading(workdir, capsys, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    line = one_line_error(capsys, [*train(), "--push_to_hub", "true"])
+    assert "push_to_hub needs the Hugging Face Hub, but HF_HUB_OFFLINE is set" in line
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0")
+    monkeypatch.setenv("HF_TOKEN", "")
+    monkeypatch.setattr("huggingface_hub.get_token", lambda: None)
+    line = one_line_error(capsys, [*train(), "--push_to_hub", "true"])
+    assert "push_to_hub needs a Hugging Face token" in line
+
+
+@pytest.mark.parametrize("k", ["-3", "0", "two"])
+def test_eval_counts_must_be_positive_whole_numbers(capsys, k):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["eval", "--model", "nowhere", "--k", k])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and "argument --k:" in err
+
+
+def test_ctrl_c_prints_one_line_on_how_to_resume(workdir, capsys, monkeypatch):
+    import trapo.train_plan
+
+    def interrupted(plan, resume=None):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(trapo.train_plan, "run_train", interrupted)
+    assert main(train()) == 130
+    err = capsys.readouterr().err.strip()
+    assert "Traceback" not in err
+    assert (
+        err == "trapo train: interrupted; continue from the last complete checkpoint with the same command and --resume"
+    )
+
+
+def test_eval_gives_a_reward_every_column_of_the_file(workdir, capsys):
+    rows = [{"prompt": f"{i}+1=", "answer": str(i + 1), "unit": "apples"} for i in range(3)]
+    Path("held_out.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    Path("unit_reward.py").write_text(
+        "def score(completions, answer, unit, **kw):\n"
+        "    assert unit == ['apples'] * len(completions), unit\n"
+        "    return [0.0] * len(completions)\n"
+    )
+    argv = ["eval", "--model", "tiny", "--data", "held_out.jsonl", "--reward", "unit_reward:score", "--backend", "hf",
+            "--max-tokens", "4", "--k", "1", "--output-dir", "ev"]  # fmt: skip
+    assert main(argv) == 0

@@ -77,3 +77,83 @@ def test_default_config_is_the_paper_recipe(tmp_path):
         0.0,
     )
     assert args.entropy_coef == 0.001 and args.num_iterations == 1 and args.epsilon is None
+
+
+# A value other than the one TRAPO needs, for every inherited setting it does not read (trapo.config.FIXED_SETTINGS).
+OTHER_VALUES = {
+    "loss_type": "grpo",
+    "beta": 0.04,
+    "use_bias_correction_kl": False,
+    "sync_ref_model": True,
+    "ref_model_mixup_alpha": 0.9,
+    "ref_model_sync_steps": 64,
+    "delta": 2.0,
+    "importance_sampling_level": "sequence",
+    "off_policy_mask_threshold": 0.5,
+    "top_entropy_quantile": 0.2,
+    "multi_objective_aggregation": "normalize_then_sum",
+    "use_adaptive_entropy": True,
+    "entropy_coef_min": 0.01,
+    "entropy_coef_max": 0.5,
+    "entropy_coef_delta": 0.01,
+    "entropy_target": 0.5,
+    "sapo_temperature_neg": 2.0,
+    "sapo_temperature_pos": 2.0,
+    "vespo_k_pos": 1.0,
+    "vespo_lambda_pos": 1.0,
+    "vespo_k_neg": 1.0,
+    "vespo_lambda_neg": 1.0,
+    "max_tool_calling_iterations": 3,
+    "remove_unused_columns": True,
+}
+
+
+def test_every_fixed_setting_has_a_test_value():
+    from trapo.config import FIXED_SETTINGS
+
+    assert set(OTHER_VALUES) == set(FIXED_SETTINGS)
+
+
+@pytest.mark.parametrize("name", sorted(OTHER_VALUES))
+def test_an_inherited_setting_trapo_does_not_read_is_refused_naming_what_to_do(tmp_path, name):
+    from trapo.config import FIXED_SETTINGS
+
+    tiny_config(tmp_path, **{name: FIXED_SETTINGS[name][0]})  # the value TRAPO needs is accepted
+    with pytest.raises(ValueError, match=rf"^{name}=.* is not supported by TRAPOTrainer: "):
+        tiny_config(tmp_path, **{name: OTHER_VALUES[name]})
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"temperature": 0.0}, r"temperature must be > 0"),
+        ({"top_p": 0.0}, r"top_p must be in \(0, 1\]"),
+        ({"top_p": 1.5}, r"top_p must be in \(0, 1\]"),
+        ({"top_k": -1}, "top_k must be >= 0"),
+        ({"min_p": 1.5}, r"min_p must be in \[0, 1\]"),
+        ({"repetition_penalty": 0.0}, "repetition_penalty must be > 0"),
+        ({"max_completion_length": 0}, "max_completion_length must be >= 1"),
+        ({"max_prompt_length": 0}, "max_prompt_length must be >= 1"),
+        ({"epsilon": 1.5}, r"epsilon must be in \(0, 1\)"),
+        ({"epsilon_high": 0.3}, "epsilon_high needs epsilon"),
+        ({"schedule": "papr"}, "schedule 'papr' is not a known schedule"),
+    ],
+)
+def test_sampling_length_and_clip_settings_that_would_fail_later_are_refused_now(tmp_path, overrides, message):
+    with pytest.raises(ValueError, match=message):
+        tiny_config(tmp_path, **overrides)
+
+
+def test_a_schedule_can_be_named_and_the_config_records_its_stages(tmp_path):
+    from trapo.core import REFERENCE_CODE_SCHEDULE
+    from trapo.core.schedule import schedule_as_data
+
+    args = tiny_config(tmp_path, schedule="released")
+    assert args.micro_groups == REFERENCE_CODE_SCHEDULE
+    assert args.schedule == schedule_as_data(REFERENCE_CODE_SCHEDULE)
+
+
+def test_epsilon_is_the_ratio_clip_and_off_by_default(make_trainer):
+    assert make_trainer()._clip_range() is None
+    assert make_trainer(out="sym", epsilon=0.2)._clip_range() == (0.2, 0.2)
+    assert make_trainer(out="dapo", epsilon=0.2, epsilon_high=0.28)._clip_range() == (0.2, 0.28)

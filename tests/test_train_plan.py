@@ -76,7 +76,7 @@ def test_the_recipe_has_the_papers_values(tmp_path):
 def test_overrides(tmp_path):
     plan = plan_for(RECIPE, tmp_path, "--learning_rate", "1e-6", "--set", "schedule=[{n: 8}]", "--set", "alpha=0.2")
     assert plan.rl_args.learning_rate == 1e-6 and plan.rl_args.alpha == 0.2
-    assert plan.rl_args.schedule == [{"n": 8}]
+    assert plan.rl_args.schedule == [{"n": 8, "prefix_ratio": 0.0}]  # resolved: what ran
     assert plan_for(RECIPE, tmp_path, "--method", "grpo", "--set", "schedule=null").rl_args.method == "grpo"
     plan = plan_for(CONFIGS / "sft-then-grpo.yaml", tmp_path, "--set", "sft.learning_rate=1e-5")
     assert plan.sft_args.learning_rate == 1e-5 and plan.rl_args.learning_rate == 5e-6

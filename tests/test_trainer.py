@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import addition_rows, constant_reward, tiny_config
 
 from trapo.core import mixed_loss
 from trapo.recipes import RL_METHODS
@@ -268,3 +269,120 @@ def test_the_run_folder_gets_the_resolved_config(make_trainer, tmp_path, tiny_mo
     assert saved["config"]["second_trace_for_full"] is False and saved["config"]["alpha"] == 0.1
     assert saved["reward_functions"] == ["constant_0"] and saved["dataset"]["rows"] == len(addition_dataset)
     assert saved["rollout"] == "staged"
+
+
+# ---------------------------------------------------------------- settings honoured
+
+
+def test_several_steps_per_rollout_batch_train_on_a_real_clipped_ratio(make_trainer, monkeypatch):
+    """num_iterations=2: the second pass sees old log-probs (ρ ≠ 1 after the first update) and the clip epsilon."""
+    import trapo.trainer as module
+
+    seen = []
+
+    def recording(logps, *args, **kwargs):
+        old = kwargs["old_logps"]
+        ratio = None if old is None else (logps.detach() - old).exp()
+        seen.append((ratio, kwargs["clip_eps"]))
+        return mixed_loss(logps, *args, **kwargs)
+
+    monkeypatch.setattr(module, "mixed_loss", recording)
+
+    def parity(completions, **kwargs):
+        return [float(len(c) % 2) for c in completions]
+
+    trainer = make_trainer(reward=parity, num_iterations=2, epsilon=0.2, max_steps=2, learning_rate=0.05)
+    trainer.train()
+    assert trainer.state.global_step == 2 and len(seen) == 2
+    assert all(clip == (0.2, 0.2) for _, clip in seen)
+    (first, _), (second, _) = seen
+    assert first is not None and torch.allclose(first, torch.ones_like(first))  # old = current before any update
+    assert (second - 1).abs().max() > 1e-3  # the second pass trains on the same samples with a moved policy
+
+
+def test_truncated_samples_lose_their_prefix_loss_with_mask_truncated_completions(make_trainer, addition_dataset):
+    trainer = make_trainer(mask_truncated_completions=True, max_completion_length=24)
+    out = rollout(trainer, addition_dataset)
+    eos = trainer.eos_token_ids[0]
+    lengths = out["completion_mask"].sum(1)
+    truncated = torch.tensor(
+        [ids[int(n) - 1] != eos if n else True for ids, n in zip(out["completion_ids"], lengths, strict=True)]
+    )
+    assert truncated.any() and (~truncated).any()
+    for key in ("prefix_mask", "imitated_mask"):
+        assert not out[key][truncated].any(), key
+    assert out["prefix_mask"][~truncated].any()  # the full-trace samples (EOS) keep theirs
+
+
+def test_the_completions_table_shows_the_advantages_trained_on(make_trainer, addition_dataset):
+    def guided_only(completions, **kwargs):  # differs from what TRL would compute only through the grouping
+        return [float(len(c) % 3 == 0) for c in completions]
+
+    trainer = make_trainer(reward=guided_only, log_completions=True)
+    out = rollout(trainer, addition_dataset)
+    logged = list(trainer._logs["advantages"])[-len(out["advantages"]) :]
+    assert logged == pytest.approx(out["advantages"].tolist())
+
+
+def test_a_mixture_of_experts_model_gets_its_load_balancing_loss(make_trainer, tokenizer, monkeypatch):
+    from transformers import MixtralConfig, MixtralForCausalLM
+
+    config = MixtralConfig(
+        vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
+        num_key_value_heads=2, num_local_experts=4, num_experts_per_tok=2, output_router_logits=True,
+        router_aux_loss_coef=0.02, pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
+    )  # fmt: skip
+    torch.manual_seed(0)
+    trainer = make_trainer(model=MixtralForCausalLM(config), max_steps=1)
+    assert trainer.aux_loss_enabled and trainer.router_aux_loss_coef == 0.02
+    trainer.train()
+    (log,) = [h for h in trainer.state.log_history if "trapo/aux_loss" in h]
+    assert log["trapo/aux_loss"] > 0
+
+
+# ---------------------------------------------------------------- checks that cannot be skipped
+
+
+def test_input_checks_run_on_the_tokenizer_trl_loads_from_the_model_name(tmp_path, tokenizer, caplog):
+    """No processing_class: TRL loads the tokenizer from the model folder, and the checks still run on it."""
+    from datasets import Dataset
+
+    from trapo.tasks.tiny_model import build_model
+    from trapo.trainer import TRAPOTrainer
+
+    build_model(tokenizer, hidden_size=32, num_layers=1, num_heads=2).save_pretrained(tmp_path / "m")
+    tokenizer.save_pretrained(tmp_path / "m")
+    rows = Dataset.from_list([{**r, "expert": ["x" * 40, "y"]} for r in addition_rows(8)])
+    with caplog.at_level("WARNING", logger="trapo.data.validation"):
+        args = tiny_config(tmp_path, max_completion_length=16)
+        TRAPOTrainer(model=str(tmp_path / "m"), reward_funcs=constant_reward(0), args=args, train_dataset=rows)
+    assert "8 of 8 training rows have an expert trace longer than max_completion_length" in caplog.text
+
+
+def test_prompts_plus_the_budget_must_fit_the_models_context(make_trainer, tokenizer):
+    from trapo.tasks.tiny_model import build_model
+
+    small = build_model(tokenizer, hidden_size=32, num_layers=1, num_heads=2, max_positions=18)
+    with pytest.raises(ValueError, match=r"plus max_completion_length \(16\) is .* past the model's context of 18"):
+        make_trainer(model=small, max_completion_length=16)
+    make_trainer(model=small, out="fits", max_completion_length=12)  # the longest prompt is 4 tokens
+
+
+def test_datasets_with_images_are_refused(make_trainer):
+    rows = [{**r, "image": None} for r in addition_rows(4)]
+    with pytest.raises(ValueError, match=r"has \['image'\]: TRAPOTrainer's rollout is text-only"):
+        make_trainer(rows=rows)
+
+
+def test_a_reward_that_cannot_score_the_experts_own_traces_is_named_before_training(make_trainer, caplog):
+    with caplog.at_level("WARNING", logger="trapo.scoring"):
+        make_trainer(reward=0.0, max_steps=1).train()
+    assert "'constant_0' give the expert's own traces a reward above 0 on only 0 of 16 sampled rows" in caplog.text
+    caplog.clear()
+
+    def answer_in_text(completions, answer, **kwargs):
+        return [float(a in c) for c, a in zip(completions, answer, strict=True)]
+
+    with caplog.at_level("WARNING", logger="trapo.scoring"):
+        make_trainer(reward=answer_in_text, out="ok", max_steps=1).train()
+    assert "expert's own traces" not in caplog.text

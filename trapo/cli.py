@@ -48,6 +48,12 @@ def main(argv: list[str] | None = None) -> int:
     args.command_line = "trapo " + " ".join(argv)
     try:
         return int(module.run(args, extra) or 0)
+    except KeyboardInterrupt:
+        if args.debug or os.environ.get("TRAPO_DEBUG"):
+            raise
+        hint = getattr(module, "INTERRUPT_HINT", "")
+        print(f"\ntrapo {args.command}: interrupted{'; ' + hint if hint else ''}", file=sys.stderr)
+        return 130
     except USER_ERRORS as error:  # bad config, data, paths or reward: the message says what to fix
         if args.debug or os.environ.get("TRAPO_DEBUG"):
             raise

@@ -20,6 +20,7 @@ from trapo.core import (
     parse_schedule,
     schedule_size,
 )
+from trapo.core.schedule import schedule_as_data
 from trapo.recipes import RL_METHODS, rl_preset
 from trapo.rollout import ROLLOUT_CHOICES
 
@@ -85,7 +86,8 @@ class TRAPOConfig(GRPOConfig):
         metadata={
             "help": "Micro-group stages, each {n, prefix_ratio, threshold}: stage k shows prefix_ratio of the expert "
             "trace when the mean reward of all earlier samples of the prompt is < threshold. Sizes must sum to "
-            "num_generations. None = the method's schedule (trapo: the paper's 4/2/1/1)."
+            "num_generations. A name is one of trapo.core.SCHEDULES ('paper': 4/2/1/1 with thresholds 0.5/0.7/0.9; "
+            "'released': the released code's, 0.66 at stage 3). None = the method's schedule (trapo: 'paper')."
         },
     )
     alpha: float = field(default=0.1, metadata={"help": "TrSFT trust-region bound: gradient 1/max(p, alpha)."})
@@ -242,6 +244,7 @@ class TRAPOConfig(GRPOConfig):
             if getattr(self, key) is None:
                 setattr(self, key, value)
         self.micro_groups = parse_schedule(self.schedule)
+        self.schedule = schedule_as_data(self.micro_groups)  # a name becomes its stages: configs record what ran
         self._validate()
 
     def _validate(self) -> None:

@@ -64,6 +64,17 @@ def check_writable(folder: str | os.PathLike) -> None:
         ) from error
 
 
+def check_hub_access(what: str) -> None:
+    """``what`` needs to write to the Hugging Face Hub: refuse now, not after the model has loaded, when the Hub is
+    switched off or no token is set."""
+    if os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes"):
+        raise ValueError(f"{what} needs the Hugging Face Hub, but HF_HUB_OFFLINE is set; unset it or drop {what}")
+    from huggingface_hub import get_token
+
+    if get_token() is None:
+        raise ValueError(f"{what} needs a Hugging Face token: run `hf auth login` or set HF_TOKEN, or drop {what}")
+
+
 def check_chat_template(tokenizer, prompt) -> None:
     """Chat-message prompts need a chat template to become text."""
     from trl.data_utils import is_conversational

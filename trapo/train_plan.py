@@ -27,6 +27,7 @@ from pathlib import Path
 
 import yaml
 
+from trapo.core.schedule import named_schedule, schedule_as_data
 from trapo.data.text import PROMPT_STYLES
 from trapo.rewards import REWARDS
 
@@ -107,13 +108,15 @@ class TrainPlan:
 
     def preflight(self) -> None:
         """What can be checked before loading anything: rewards importable, model folder present, outputs writable."""
-        from trapo.preflight import check_model_path, check_writable
+        from trapo.preflight import check_hub_access, check_model_path, check_writable
 
         self.rewards()
         check_model_path(self.script.model_name_or_path)
         for args in (self.rl_args, self.sft_args):
             if args is not None:
                 check_writable(args.output_dir)
+                if args.push_to_hub:
+                    check_hub_access("push_to_hub")
 
 
 def _field_names(cls) -> set[str]:
@@ -124,7 +127,13 @@ def load_yaml(path: str | os.PathLike) -> dict:
     """A YAML config with its ``base:`` chain merged in (the file's own keys win; ``sft:`` merged key by key)."""
     path = Path(path)
     with open(path, encoding="utf-8") as f:
-        config = yaml.safe_load(f) or {}
+        try:
+            config = yaml.safe_load(f) or {}
+        except yaml.YAMLError as error:
+            mark = getattr(error, "problem_mark", None)
+            where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+            problem = getattr(error, "problem", None) or str(error).splitlines()[0]
+            raise ValueError(f"{path}: not valid YAML{where}: {problem}") from error
     if not isinstance(config, dict):
         raise ValueError(f"{path}: a config must be a YAML mapping")
     base = config.pop("base", None)
@@ -204,16 +213,18 @@ def load_train_plan(config_path: str | None = None, argv: list[str] | None = Non
     check_types(config, classes)
     check_types(sft_only, (TRAPOSFTConfig,), prefix="sft.")
 
+    if isinstance(config.get("schedule"), str):  # a named schedule ("paper", "released"): argparse takes lists only
+        config["schedule"] = schedule_as_data(named_schedule(config["schedule"]))
     built, leftovers = {}, []
     if "rl" in steps:
-        parser = TrlParser([TrainScriptArguments, TRAPOConfig])
+        parser = _one_line_errors(TrlParser([TrainScriptArguments, TRAPOConfig]))
         parser.set_defaults_with_config(**{k: v for k, v in config.items() if k in script_keys | rl_keys})
         parser.set_defaults_with_config(method=rl_method(method))
         script, rl_args, rest = parser.parse_args_into_dataclasses(args=args, return_remaining_strings=True)
         built["rl"], built["script"] = rl_args, script
         leftovers.append(_options(rest))
     if "sft" in steps:
-        parser = TrlParser([TrainScriptArguments, TRAPOSFTConfig])
+        parser = _one_line_errors(TrlParser([TrainScriptArguments, TRAPOSFTConfig]))
         values = {k: v for k, v in config.items() if k in script_keys | sft_keys and k not in RL_ONLY_KEYS}
         values = {**sft_preset(method), **values}
         if "rl" in steps and "output_dir" not in sft_only:
@@ -241,6 +252,17 @@ def load_train_plan(config_path: str | None = None, argv: list[str] | None = Non
             if spec not in REWARDS and ":" not in spec:
                 raise ValueError(f"reward {spec!r}: use {', '.join(REWARDS)} or module:function")
     return TrainPlan(method, script, built.get("rl"), built.get("sft"), config_dir=str(Path(config_path or ".").parent))
+
+
+def _one_line_errors(parser):
+    """argparse reports a bad value by printing its whole usage (200 lines for TRAPOConfig) and exiting: raise a
+    ValueError instead, which the CLI prints as one line."""
+
+    def error(message: str):
+        raise ValueError(f"{message} (see trapo train --help)")
+
+    parser.error = error
+    return parser
 
 
 def _without(args: list[str], name: str) -> list[str]:

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from trapo.bench.setup import BENCH_METHODS, BenchSettings
+from trapo.commands import positive_int
 
 HELP = "per-step cost of TRAPO vs GRPO, side by side (prints a report; --output FILE writes it)"
 
@@ -22,19 +23,23 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "auto: tiny, plus large when CUDA is available",
     )
     parser.add_argument("--methods", default="trapo,grpo", help="comma-separated subset of " + ", ".join(BENCH_METHODS))
-    parser.add_argument("--reps", type=int, default=d["reps"].default, help="repetitions (paired, alternating)")
-    parser.add_argument("--steps", type=int, default=d["steps"].default, help="timed optimizer steps per repetition")
+    parser.add_argument(
+        "--reps", type=positive_int, default=d["reps"].default, help="repetitions (paired, alternating)"
+    )
+    parser.add_argument(
+        "--steps", type=positive_int, default=d["steps"].default, help="timed optimizer steps per repetition"
+    )
     parser.add_argument("--warmup-steps", type=int, default=d["warmup_steps"].default)
-    parser.add_argument("--prompts", type=int, default=None, help="prompts per step (tiny 8, large 16)")
-    parser.add_argument("--num-generations", type=int, default=d["num_generations"].default)
-    parser.add_argument("--max-completion-length", type=int, default=None, help="(tiny 64, large 256)")
+    parser.add_argument("--prompts", type=positive_int, default=None, help="prompts per step (tiny 8, large 16)")
+    parser.add_argument("--num-generations", type=positive_int, default=d["num_generations"].default)
+    parser.add_argument("--max-completion-length", type=positive_int, default=None, help="(tiny 64, large 256)")
     parser.add_argument("--reward", default=None, help="chain | random:P (default: chain on tiny, random:0.5 on large)")
     parser.add_argument(
         "--rollout", default=None, help="TRAPOConfig.rollout for TRAPO: auto (its default) | staged | speculative"
     )
     parser.add_argument("--no-isolate", action="store_true", help="run every method in this process")
-    parser.add_argument("--large-hidden", type=int, default=d["large_hidden"].default)
-    parser.add_argument("--large-layers", type=int, default=d["large_layers"].default)
+    parser.add_argument("--large-hidden", type=positive_int, default=d["large_hidden"].default)
+    parser.add_argument("--large-layers", type=positive_int, default=d["large_layers"].default)
     parser.add_argument(
         "--large-config",
         default=None,
@@ -42,7 +47,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "Qwen/Qwen2.5-0.5B); random weights; overrides --large-hidden/--large-layers",
     )
     parser.add_argument(
-        "--grad-accum", type=int, default=1, help="micro-batches per optimizer step (gradient accumulation)"
+        "--grad-accum", type=positive_int, default=1, help="micro-batches per optimizer step (gradient accumulation)"
     )
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda (for the large model)")
     parser.add_argument("--cache-dir", default=None, help="where the demo's base is cached ($TRAPO_CACHE)")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from trapo.commands import positive_int
 from trapo.demo.settings import DEMO_METHODS, TASK_SWEEPABLE, TRAPO_SWEEPABLE, DemoSettings
 from trapo.tasks.chains import ORDERS
 
@@ -19,11 +20,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--methods", default=",".join(DEMO_METHODS), help="comma-separated subset of " + ", ".join(DEMO_METHODS)
     )
-    parser.add_argument("--seeds", type=int, default=1, help="seeds per method; the table shows mean ± std")
+    parser.add_argument("--seeds", type=positive_int, default=1, help="seeds per method; the table shows mean ± std")
     parser.add_argument(
         "--first-seed", type=int, default=0, help="seeds are FIRST_SEED, FIRST_SEED + 1, … (add seeds to a run)"
     )
-    parser.add_argument("--steps", type=int, default=None, help="optimizer steps per method (equal budget)")
+    parser.add_argument("--steps", type=positive_int, default=None, help="optimizer steps per method (equal budget)")
     parser.add_argument("--learning-rate", type=float, default=None, help="learning rate of every method")
     parser.add_argument("--alpha", type=float, default=None, help="TrSFT's α for the methods that use TrSFT")
     parser.add_argument(
@@ -55,7 +56,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--quick", action="store_true", help="smoke run: a few steps of everything (under 2 minutes)")
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="cuda: the same demo on a GPU")
-    parser.add_argument("--workers", type=int, default=None, help="runs trained side by side (default: 2 cores)")
+    parser.add_argument(
+        "--workers", type=positive_int, default=None, help="runs trained side by side (default: 2 cores)"
+    )
     parser.add_argument("--output-dir", default="trapo-demo", help="where results.json, results.md and plots go")
     parser.add_argument("--cache-dir", default=None, help="where the warm-started base is cached ($TRAPO_CACHE)")
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from trapo.commands import positive_int
+
 HELP = "avg@k / pass@k on the math benchmarks (paper defaults)"
 DESCRIPTION = (
     "Sample k completions per benchmark problem and report avg@k and unbiased pass@k. Defaults are the paper's: "
@@ -36,7 +38,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="comma-separated: aime,amc,math,minerva,olympiad_bench,aime25,arc_c; 'paper' (the five math ones, the "
         "default) or 'all'",
     )
-    p.add_argument("--k", type=int, default=None, help="samples per problem for every benchmark (default: paper's)")
+    p.add_argument(
+        "--k", type=positive_int, default=None, help="samples per problem for every benchmark (default: paper's)"
+    )
     p.add_argument(
         "--data-dir", default=None, help="folder of <benchmark>.parquet (default: ../shared/data/benchmarks)"
     )
@@ -44,9 +48,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--backend", choices=("auto", "vllm", "hf"), default="auto", help="auto: vLLM when installed")
     p.add_argument("--temperature", type=float, default=0.6)
     p.add_argument("--top-p", type=float, default=1.0)
-    p.add_argument("--max-tokens", type=int, default=8192, help="new tokens per sample")
+    p.add_argument("--max-tokens", type=positive_int, default=8192, help="new tokens per sample")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--limit", type=int, default=None, help="first N (de-duplicated) problems of each benchmark")
+    p.add_argument(
+        "--limit", type=positive_int, default=None, help="first N (de-duplicated) problems of each benchmark"
+    )
     p.add_argument("--chat-template", default=None, help="Jinja file replacing the model's chat template")
     p.add_argument("--drop-system", action="store_true", help="remove the benchmarks' system message")
     p.add_argument(
@@ -58,8 +64,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--rope-theta", type=float, default=None, help="context override at load (see trapo.models)")
     p.add_argument("--max-position-embeddings", type=int, default=None)
     p.add_argument("--dtype", default="auto")
-    p.add_argument("--batch-size", type=int, default=32, help="HF backend: sequences per generate call")
-    p.add_argument("--tensor-parallel-size", type=int, default=1, help="vLLM backend")
+    p.add_argument("--batch-size", type=positive_int, default=32, help="HF backend: sequences per generate call")
+    p.add_argument("--tensor-parallel-size", type=positive_int, default=1, help="vLLM backend")
     p.add_argument("--gpu-memory-utilization", type=float, default=0.9, help="vLLM backend")
     p.add_argument("--max-model-len", type=int, default=None, help="vLLM backend")
     p.add_argument("--grader-workers", type=int, default=None, help="Math-Verify worker processes (0: in-process)")

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from trapo.commands import positive_int
+
 HELP = "OpenR1-Math-style rows (problem, answer, generations + correctness) -> TRAPO training rows"
 DESCRIPTION = (
     "Keep verified generations, use the reasoning inside <think>…</think>, drop traces over the token budget, keep up "
@@ -21,11 +23,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--split", default="train")
     p.add_argument("--config", default=None, help="Hub dataset configuration (OpenR1-Math-220k: default | extended)")
     p.add_argument("--tokenizer", default="Qwen/Qwen2.5-Math-7B", help="tokenizer that counts the budget's tokens")
-    p.add_argument("--max-tokens", type=int, default=8192, help="token budget of one trace")
+    p.add_argument("--max-tokens", type=positive_int, default=8192, help="token budget of one trace")
     p.add_argument(
         "--max-prompt-tokens", type=int, default=1024, help="drop problems with longer prompts (0: no limit)"
     )
-    p.add_argument("--max-traces", type=int, default=2)
+    p.add_argument("--max-traces", type=positive_int, default=2)
     p.add_argument(
         "--correct-columns",
         default="correctness_math_verify",

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from trapo.commands import positive_int
+
 HELP = "save a tiny random char-level model + tokenizer (no download) to try training and eval offline"
 DESCRIPTION = (
     "Writes a randomly initialised Llama (character tokenizer, a few hundred thousand parameters) to --output. It "
@@ -14,8 +16,8 @@ DESCRIPTION = (
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--output", required=True, help="folder to write the model and tokenizer to")
-    parser.add_argument("--hidden-size", type=int, default=64)
-    parser.add_argument("--layers", type=int, default=2)
+    parser.add_argument("--hidden-size", type=positive_int, default=64)
+    parser.add_argument("--layers", type=positive_int, default=2)
     parser.add_argument("--seed", type=int, default=0)
 
 

@@ -10,6 +10,8 @@ DESCRIPTION = (
     "`--learning_rate 1e-6`, or `--set key=value` (YAML values, dotted keys such as sft.learning_rate)."
 )
 ACCEPTS_EXTRA_ARGS = True  # TRL-style `--field value` overrides, parsed by TrlParser
+# After Ctrl-C: checkpoints are complete or ignored (trapo.checkpointing), so the last complete one is safe to resume.
+INTERRUPT_HINT = "continue from the last complete checkpoint with the same command and --resume"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

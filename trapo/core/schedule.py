@@ -46,6 +46,20 @@ REFERENCE_CODE_SCHEDULE: tuple[MicroGroup, ...] = (
 """The released code's behaviour: stage 3 fires when fewer than 4 of the 6 earlier samples succeed."""
 
 
+SCHEDULES: dict[str, tuple[MicroGroup, ...]] = {"paper": PAPER_SCHEDULE, "released": REFERENCE_CODE_SCHEDULE}
+"""Schedules by name (``schedule: paper`` in a config)."""
+
+
+def named_schedule(name: str) -> tuple[MicroGroup, ...]:
+    """The schedule called ``name`` (`SCHEDULES`); an error naming the choices otherwise."""
+    if name not in SCHEDULES:
+        raise ValueError(
+            f"schedule {name!r} is not a known schedule ({', '.join(SCHEDULES)}); give a name or a list of "
+            "{n, prefix_ratio, threshold} stages"
+        )
+    return SCHEDULES[name]
+
+
 def validate_schedule(schedule: Sequence[MicroGroup]) -> tuple[MicroGroup, ...]:
     """Check a schedule and return it as a tuple; raise ``ValueError`` naming the bad stage."""
     stages = tuple(schedule)
@@ -89,12 +103,15 @@ def is_guided(stage: MicroGroup, earlier_rewards: Sequence[float]) -> bool:
     return sum(earlier_rewards) / len(earlier_rewards) < stage.threshold
 
 
-def parse_schedule(schedule: Sequence[Mapping | MicroGroup]) -> tuple[MicroGroup, ...]:
-    """A schedule from config data (a list of ``{n, prefix_ratio, threshold}`` mappings, or `MicroGroup`s), validated.
+def parse_schedule(schedule: str | Sequence[Mapping | MicroGroup]) -> tuple[MicroGroup, ...]:
+    """A schedule from config data (a name in `SCHEDULES`, a list of ``{n, prefix_ratio, threshold}`` mappings, or
+    `MicroGroup`s), validated.
 
     Why a parser: configs (YAML, ``--set schedule=...``) hold plain mappings; this is the one place they become
     `MicroGroup`s, so an unknown key or a missing ``n`` is reported by stage number rather than as a TypeError.
     """
+    if isinstance(schedule, str):
+        return named_schedule(schedule)
     stages = []
     for i, stage in enumerate(schedule, start=1):
         if isinstance(stage, MicroGroup):

@@ -11,6 +11,7 @@ docs/method.md, "Data"); a trace without that block is kept whole. ``expert_form
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Iterable
 
@@ -29,11 +30,31 @@ def read_table(path_or_name: str, split: str = "train", config: str | None = Non
         if path.endswith(".parquet"):
             return Dataset.from_parquet(path)
         if path.endswith((".jsonl", ".json")):
+            # A bad line would surface as datasets' generic DatasetGenerationError after a logged traceback: find it
+            # first (one pass of json.loads, seconds for a large file) and name it.
+            problem = json_lines_error(path) if path.endswith(".jsonl") else None
+            if problem is not None:
+                raise ValueError(f"{path}: {problem}")
             return Dataset.from_json(path)
         raise ValueError(f"{path}: unsupported file type; use .parquet, .jsonl or .json")
     if os.path.isdir(path) and os.path.exists(os.path.join(path, "state.json")):
         return load_from_disk(path)
     return load_dataset(path, config, split=split)
+
+
+def json_lines_error(path: str) -> str | None:
+    """The first line of a JSON-lines file that is not one JSON object, as ``line N: reason``; None when all are."""
+    with open(path, encoding="utf-8") as f:
+        for number, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            try:
+                value = json.loads(line)
+            except json.JSONDecodeError as error:
+                return f"line {number} is not valid JSON ({error.msg} at column {error.colno}): {line.strip()[:80]!r}"
+            if not isinstance(value, dict):
+                return f"line {number} is a JSON {type(value).__name__}, not an object with the row's fields"
+    return None
 
 
 def _trace_texts(value) -> list[str]:

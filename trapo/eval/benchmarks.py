@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 # The paper's 5-benchmark average (docs/method.md, "Evaluation"), then the extra ones.
@@ -44,6 +44,7 @@ class Problem:
     copies: int = 1
     choices: tuple[str, ...] = ()  # option labels of a multiple-choice question, e.g. ("A", "B", "C", "D")
     text: str | None = None  # a plain-text prompt (own data), given to the model as it is, without a chat template
+    columns: dict | None = field(default=None, compare=False)  # own data: the row's other columns, for its reward
 
     @property
     def chat(self) -> list[dict]:
@@ -142,11 +143,14 @@ def load_rows(path: str | Path, limit: int | None = None) -> list[Problem]:
         prompt, answer = row["prompt"], row["answer"]
         if answer is None or not str(answer).strip():
             raise ValueError(f"{path}: row {i}: answer is missing or empty")
+        columns = {k: v for k, v in row.items() if k != "prompt"}
         if isinstance(prompt, str):
-            problems.append(Problem(path.stem, i, (("user", prompt),), str(answer).strip(), text=prompt))
+            problems.append(
+                Problem(path.stem, i, (("user", prompt),), str(answer).strip(), text=prompt, columns=columns)
+            )
         elif isinstance(prompt, list) and all(isinstance(m, dict) and "role" in m for m in prompt):
             messages = tuple((str(m["role"]), str(m["content"])) for m in prompt)
-            problems.append(Problem(path.stem, i, messages, str(answer).strip()))
+            problems.append(Problem(path.stem, i, messages, str(answer).strip(), columns=columns))
         else:
             raise ValueError(f"{path}: row {i}: prompt must be text or a list of chat messages, got {prompt!r:.60}")
     if not problems:

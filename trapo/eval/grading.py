@@ -88,7 +88,12 @@ class RewardGrader:
     ) -> list[tuple[list[bool], list[str | None]]]:
         flat = [(p, c) for p, samples in zip(problems, completions, strict=True) for c in samples]
         prompts = [p.text if p.text is not None else p.chat for p, _ in flat]
-        rewards = self.func(completions=[c for _, c in flat], prompts=prompts, answer=[p.answer for p, _ in flat])
+        # Every column of the file reaches the reward, as in training (TRL passes the dataset's columns).
+        names = {k for p, _ in flat for k in (p.columns or {})} - {"answer"}
+        columns = {k: [(p.columns or {}).get(k) for p, _ in flat] for k in sorted(names)}
+        rewards = self.func(
+            completions=[c for _, c in flat], prompts=prompts, answer=[p.answer for p, _ in flat], **columns
+        )
         if rewards is None or len(rewards) != len(flat):
             raise ValueError(f"the reward function returned {rewards!r:.60} for {len(flat)} completions")
         scores = iter(rewards)
