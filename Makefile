@@ -20,11 +20,12 @@ lint: setup
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
+# Everything, slow tests included, on two worker processes (one torch thread each).
 test: lint
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -m "" -n 2 --dist worksteal
 
 test-fast: setup
-	$(BIN)/python -m pytest -q -m "not slow"
+	$(BIN)/python -m pytest -q
 
 demo: setup
 	$(BIN)/trapo demo

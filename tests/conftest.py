@@ -9,6 +9,10 @@ import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+if os.environ.get("PYTEST_XDIST_WORKER"):  # `make test` runs two workers on two cores: one thread each
+    import torch
+
+    torch.set_num_threads(1)
 
 
 def addition_rows(n: int = 16) -> list[dict]:
@@ -127,3 +131,14 @@ def make_trainer(tmp_path, tokenizer):
         )
 
     return build
+
+
+def pytest_collection_modifyitems(config, items):
+    """Order for `make test`'s two workers (``--dist worksteal``: each starts on one half of the list, an idle one
+    steals from the other's end): the longest test (the demo base's regime, about 2.5 minutes) opens the first half,
+    the other slow tests open the second, so they run side by side and the quick tests fill in around them."""
+    slow = [item for item in items if item.get_closest_marker("slow") is not None]
+    longest = [item for item in slow if item.name.startswith("test_the_demo_base_fails_hard_tiers")]
+    quick = [item for item in items if item.get_closest_marker("slow") is None]
+    half = (len(items) - len(slow)) // 2
+    items[:] = longest + quick[:half] + [item for item in slow if item not in longest] + quick[half:]

@@ -16,10 +16,11 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def test_readme_layout_is_generated_from_the_tree():
     sys.path.insert(0, str(ROOT / "tools"))
-    from readme_layout import BEGIN, END, layout
+    from readme_layout import BEGIN, END, METHODS_BEGIN, METHODS_END, layout, methods, section
 
     readme = (ROOT / "README.md").read_text()
-    assert readme.split(BEGIN)[1].split(END)[0].strip() == layout(), "README is stale: run `make layout`"
+    assert section(readme, BEGIN, END) == layout(), "README is stale: run `make layout`"
+    assert section(readme, METHODS_BEGIN, METHODS_END) == methods(), "README is stale: run `make layout`"
 
 
 @pytest.mark.slow
@@ -52,3 +53,31 @@ def test_own_data_walkthrough_trains_and_evaluates(tmp_path, monkeypatch, capsys
     argv = ["eval", "--model", "runs/own-data", "--data", "held_out.jsonl", "--reward", "my_rewards:exact_answer"]
     assert main([*argv, "--k", "2", "--max-tokens", "8", "--backend", "hf"]) == 0
     assert "| held_out | 1 | 2 |" in capsys.readouterr().out
+
+
+def test_every_test_the_docs_cite_exists():
+    """docs/*.md and the README name the test behind each claim (`tests/test_x.py::test_name`, or `::test_name` after
+    a file named earlier in the same section): each must exist, so a renamed test cannot leave a claim unbacked."""
+    import ast
+    import re
+
+    tests = {}
+    for path in (ROOT / "tests").glob("test_*.py"):
+        tests[path.name] = {n.name for n in ast.parse(path.read_text()).body if isinstance(n, ast.FunctionDef)}
+    missing = []
+    for doc in [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]:
+        current = None
+        for number, line in enumerate(doc.read_text().splitlines(), start=1):
+            if line.startswith("#"):
+                current = None  # a new section names its file again
+            for match in re.finditer(r"(test_\w+\.py)(?:::(test_\w+))?|::(test_\w+)", line):
+                file, name, bare = match.groups()
+                if file:
+                    current = file
+                    if file not in tests:
+                        missing.append(f"{doc.name}:{number}: {file}")
+                    elif name and name not in tests[file]:
+                        missing.append(f"{doc.name}:{number}: {file}::{name}")
+                elif current is None or bare not in tests.get(current, set()):
+                    missing.append(f"{doc.name}:{number}: {current}::{bare}")
+    assert missing == []

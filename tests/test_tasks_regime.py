@@ -110,3 +110,16 @@ def test_the_demo_base_fails_hard_tiers_alone_and_solves_them_with_half_the_expe
     for tier in HARD_TIERS:
         assert report[tier]["alone"]["pass"] <= 0.1, report
         assert report[tier]["prefix_50"]["pass"] >= 0.3, report
+
+
+def test_the_base_is_built_once_and_found_in_the_cache_afterwards(tmp_path):
+    from trapo.tasks.base import BaseSpec, base_model_path
+
+    spec = BaseSpec(min_steps=2, max_steps=2, check_every=2, check_regime=False)
+    said = []
+    first = base_model_path(spec, cache_dir=str(tmp_path), log=said.append)
+    assert not any("cached at" in s for s in said)
+    said.clear()
+    assert base_model_path(spec, cache_dir=str(tmp_path), log=said.append) == first
+    assert said == [f"base model: cached at {first}"]
+    assert BaseSpec(seed=1).key() != BaseSpec().key()  # another spec, another cache entry

@@ -1,5 +1,6 @@
-"""Print README's layout section from the tree: every package and top-level module of trapo/ with the first line of
-its docstring. `make layout` rewrites README.md with it; tests/test_readme.py fails when the README is stale."""
+"""README's generated sections: the layout (every package and top-level module of trapo/ with the first line of its
+docstring) and the table of methods (trapo.recipes.METHODS). `make layout` rewrites README.md with them;
+tests/test_readme.py fails when the README is stale."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 BEGIN, END = "<!-- layout:begin -->", "<!-- layout:end -->"
+METHODS_BEGIN, METHODS_END = "<!-- methods:begin -->", "<!-- methods:end -->"
 
 
 def summary(path: Path) -> str:
@@ -33,12 +35,28 @@ def layout() -> str:
     return "```\n" + "\n".join(lines) + "\n```"
 
 
+def methods() -> str:
+    sys.path.insert(0, str(ROOT))
+    from trapo.recipes import METHODS
+
+    rows = [f"| `{m.name}` | {m.summary} |" for m in METHODS.values()]
+    return "\n".join(["| `method` | what it is |", "|---|---|", *rows])
+
+
+def section(text: str, begin: str, end: str) -> str:
+    return text.split(begin)[1].split(end)[0].strip()
+
+
+def replace(text: str, begin: str, end: str, body: str) -> str:
+    head, _, rest = text.partition(begin)
+    _, _, tail = rest.partition(end)
+    return f"{head}{begin}\n{body}\n{end}{tail}"
+
+
 def rewrite(readme: Path = ROOT / "README.md") -> None:
-    text = readme.read_text()
-    head, _, rest = text.partition(BEGIN)
-    _, _, tail = rest.partition(END)
-    readme.write_text(f"{head}{BEGIN}\n{layout()}\n{END}{tail}")
+    text = replace(readme.read_text(), BEGIN, END, layout())
+    readme.write_text(replace(text, METHODS_BEGIN, METHODS_END, methods()))
 
 
 if __name__ == "__main__":
-    rewrite() if "--write" in sys.argv else print(layout())
+    rewrite() if "--write" in sys.argv else print(layout() + "\n\n" + methods())
