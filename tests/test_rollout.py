@@ -10,6 +10,7 @@ from trapo.core import PAPER_SCHEDULE, MicroGroup
 from trapo.core.schedule import always_guided
 from trapo.rollout import (
     ExpertPrefix,
+    PipelinedRollout,
     RolloutBatch,
     Sample,
     SpeculativeRollout,
@@ -301,6 +302,62 @@ def test_speculative_picks_exactly_the_staged_samples_in_one_call(reward):
     assert len(generate.calls[0][0]) == 11 * len(rows)
     assert len(speculative.discarded) == 4 * len(rows)  # the branch not taken at stages 2, 3 and 4
     assert speculative.counts()["discarded_samples"] == len(speculative.discarded)
+
+
+class FakeRequestEngine:
+    """A `RequestEngine` that writes what `FakeGenerate` writes, and finishes requests in the order of a simulated
+    clock: a request takes ``latency(context)`` time units from when it is submitted."""
+
+    def __init__(self, latency=lambda context: 1.0):
+        self.latency, self.now = latency, 0.0
+        self.pending: list[tuple[float, int, object, list[int]]] = []
+        self.submitted: list[tuple[float, object, list[int], int]] = []  # (time, key, context, max_new)
+        self.finished: list[tuple[float, object]] = []
+
+    def submit(self, key, context, max_new):
+        import heapq
+
+        self.submitted.append((self.now, key, list(context), max_new))
+        heapq.heappush(self.pending, (self.now + self.latency(context), len(self.submitted), key, list(context)))
+
+    def next_finished(self):
+        import heapq
+
+        self.now, _, key, context = heapq.heappop(self.pending)
+        self.finished.append((self.now, key))
+        out, logprobs = FakeGenerate()([context], 0)
+        return key, out[0], logprobs[0]
+
+
+@pytest.mark.parametrize("reward", [hashed_reward, lambda row, r: 0.0, lambda row, r: 1.0], ids=["mixed", "0", "1"])
+def test_pipelined_gives_exactly_the_staged_batch_and_decodes_only_kept_rows(reward):
+    rows = [{"expert": [FIRST, SECOND], "id": g} for g in range(12)]
+    prompts = [[100 + g, 101] for g in range(12)]
+    staged = rollout(score=score_by(reward)).run(rows, prompts)
+    engine = FakeRequestEngine(latency=lambda context: 1.0 + (context[0] * 7 + len(context)) % 5)  # scrambled order
+    pipelined = rollout(PipelinedRollout, score=score_by(reward), generate=engine).run(rows, prompts)
+
+    def key(batch: RolloutBatch):
+        return [(x.group, x.stage, x.prefix, x.continuation, x.logprobs, x.reward) for x in batch.samples]
+
+    assert key(pipelined) == key(staged)
+    assert pipelined.guided_per_stage == staged.guided_per_stage
+    assert pipelined.imitated_lengths() == staged.imitated_lengths()
+    assert pipelined.discarded == [] and pipelined.counts()["discarded_tokens"] == 0
+    # One request per sample that writes anything, each asking for exactly what its sample can keep.
+    generated = [x for x in staged.samples if x.continuation]
+    assert len(engine.submitted) == len(generated)
+    assert all(max_new == BUDGET - (len(context) - 2) for _, _, context, max_new in engine.submitted)
+
+
+def test_a_slow_request_holds_back_only_its_own_prompt():
+    slow = 100.0
+    engine = FakeRequestEngine(latency=lambda context: slow if context[:3] == PROMPTS[0] and len(context) == 3 else 1.0)
+    rollout(PipelinedRollout, generate=engine).run(ROWS, PROMPTS)
+    # Prompt 0's stage 1 is slow: prompts 1 and 2 ran all their stages (4 + 2 + 1 requests each) before it ended.
+    before = [key for t, key in engine.finished if t < slow]
+    assert sorted(g for g, _, _ in before) == [1] * 7 + [2] * 7
+    assert all(g == 0 for t, (g, _, _) in engine.finished if t >= slow)
 
 
 def test_speculative_skips_unguided_candidates_of_always_guided_stages():

@@ -139,8 +139,11 @@ class TRAPOConfig(GRPOConfig):
             "scored. 'speculative': one generate call per step that draws, for every prompt, each later stage's "
             "unguided and guided candidates; the guidance decisions, taken stage by stage as before, then pick one "
             "and the other is discarded (the same samples in distribution, in one decode loop instead of up to "
-            "four, at the cost of 11 rows per prompt instead of 8). 'auto' (default): speculative where generation "
-            "runs on CUDA or vLLM, staged on CPU (docs/benchmarks.md)."
+            "four, at the cost of 11 rows per prompt instead of 8). 'pipelined': each prompt's next stage is "
+            "submitted to an engine that serves requests independently (vLLM colocate, else transformers' "
+            "continuous batching) as soon as its own previous stage is scored: the staged decisions, nothing "
+            "discarded, no prompt waiting for the batch. 'auto' (default): the fastest measured where generation "
+            "runs (docs/benchmarks.md; trapo_config.yaml records the choice)."
         },
     )
     max_prompt_length: int | None = field(
@@ -285,6 +288,7 @@ class TRAPOConfig(GRPOConfig):
             raise ValueError(f"max_reward_failures must be >= 1, got {self.max_reward_failures}")
         if self.scale_rewards not in ("none", "group"):
             raise ValueError(f"scale_rewards must be 'none' or 'group' (per prompt), got {self.scale_rewards!r}")
+        self._validate_engines()
         if self.epsilon is None and self.epsilon_high is not None:
             raise ValueError("epsilon_high needs epsilon (the lower clip); set both, or neither for no clip")
         if self.epsilon is not None and not 0.0 < self.epsilon < 1.0:
@@ -316,3 +320,21 @@ class TRAPOConfig(GRPOConfig):
                 raise ValueError(f"{name} must be {expected}, got {getattr(self, name)!r}")
         if self.generation_kwargs is not None and not isinstance(self.generation_kwargs, dict):
             raise ValueError(f"generation_kwargs must be a mapping, got {type(self.generation_kwargs).__name__}")
+
+    def _validate_engines(self) -> None:
+        """Generation setups that cannot work, refused now rather than at the first weight sync or generation."""
+        if self.use_vllm and self.vllm_mode == "server" and self.use_cpu:
+            raise ValueError(
+                "vllm_mode='server' syncs weights to the server over NCCL, which needs CUDA GPUs on the trainer side; "
+                "on a CPU use vllm_mode='colocate' (docs/scale.md)"
+            )
+        if self.rollout == "pipelined" and self.use_vllm and self.vllm_mode == "server":
+            raise ValueError(
+                "rollout='pipelined' submits requests one by one to a colocated engine; vLLM's server mode takes "
+                "whole batches over HTTP: use vllm_mode='colocate', or rollout='speculative' with the server"
+            )
+        if self.rollout == "pipelined" and self.use_vllm and self.vllm_tensor_parallel_size > 1:
+            raise ValueError(
+                "rollout='pipelined' drives each process's vLLM engine on its own; tensor parallelism needs every "
+                "rank of the group to step together: use vllm_tensor_parallel_size=1 or rollout='speculative'"
+            )

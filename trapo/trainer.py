@@ -34,7 +34,7 @@ from trapo.checkpointing import CrashSafeCheckpoints
 from trapo.config import TRAPOConfig
 from trapo.core import MicroGroup, group_advantages, mixed_loss
 from trapo.data.validation import validate_training_rows, validate_with_tokenizer
-from trapo.engines import TRLBatchGenerate
+from trapo.engines import TRLBatchGenerate, request_engine
 from trapo.guards import BoundedRewardCalls, UnscorableRewards, skip_nonfinite_steps
 from trapo.logs import RolloutLogs
 from trapo.rollout import ROLLOUTS, ExpertPrefix, RolloutBatch, choose_rollout, whole_groups
@@ -242,12 +242,21 @@ class TRAPOTrainer(CrashSafeCheckpoints, RolloutLogs, GRPOTrainer):
         rows = [self._pending.rows[i] for i in starts]
         stages = self.micro_groups if mode == "train" else (MicroGroup(num_generations),)
         self._scorer.chat = is_conversational({"prompt": prompts[0]})
-        generate = TRLBatchGenerate(self, filler=list(prompt_ids[0]))
-        batch = self._make_rollout(stages, generate).run(rows, [list(ids) for ids in prompt_ids])
+        kind = self.rollout_kind if len(stages) > 1 or self.rollout_kind == "pipelined" else "staged"
+        prompt_ids = [list(ids) for ids in prompt_ids]
+        if kind == "pipelined":
+            tokens = max(len(ids) for ids in prompt_ids) + self.max_completion_length
+            with request_engine(self, len(rows) * num_generations, tokens) as engine:
+                batch = self._make_rollout(stages, engine, kind).run(rows, prompt_ids)
+            generation = Counter(generation_requests=engine.requests)
+        else:
+            generate = TRLBatchGenerate(self, filler=prompt_ids[0])
+            batch = self._make_rollout(stages, generate, kind).run(rows, prompt_ids)
+            generation = Counter(generation_calls=generate.calls)
         self._pending.batch = batch
         for column, values in self._scorer.extra_columns(batch.score_calls, batch.samples).items():
             self._log_completion_extra(column, values)
-        self.rollout_stats.update(batch.counts() + Counter(generation_calls=generate.calls))
+        self.rollout_stats.update(batch.counts() + generation)
         # Cumulative failed reward calls (timeouts + exceptions) of this process, scored 0 (docs/errors.md).
         failures = self.rollout_stats["reward_timeouts"] + self.rollout_stats["reward_errors"]
         self._log_means(mode, {**batch.metrics(), "reward_failures": failures}, prefix="trapo/")
@@ -264,7 +273,7 @@ class TRAPOTrainer(CrashSafeCheckpoints, RolloutLogs, GRPOTrainer):
         """The rollout this trainer runs: ``args.rollout``, with ``auto`` resolved for where generation runs."""
         return choose_rollout(self.args.rollout, self.accelerator.device.type, self.use_vllm)
 
-    def _make_rollout(self, stages, generate):
+    def _make_rollout(self, stages, generate, kind: str):
         expert_prefix = ExpertPrefix(
             lambda text: self._tokenizer(text, add_special_tokens=False)["input_ids"],
             self.max_completion_length,
@@ -274,8 +283,7 @@ class TRAPOTrainer(CrashSafeCheckpoints, RolloutLogs, GRPOTrainer):
             self.args.second_trace_for_full,
             self.args.expert_column,
         )
-        rollout_class = ROLLOUTS[self.rollout_kind if len(stages) > 1 else "staged"]
-        return rollout_class(
+        return ROLLOUTS[kind](
             stages,
             expert_prefix,
             generate=generate,

@@ -89,9 +89,8 @@ def settings_from_args(args: argparse.Namespace, model: str) -> BenchSettings:
 def run(args: argparse.Namespace, extra: list[str]) -> int:
     import torch
 
-    from trapo.bench.report import format_report, format_simulation, write_report
+    from trapo.bench.report import format_report, write_report
     from trapo.bench.run import profile_step, quiet_bench, run_bench
-    from trapo.experimental.pipeline import simulate
 
     quiet_bench()
     if args.models == "auto":
@@ -109,12 +108,9 @@ def run(args: argparse.Namespace, extra: list[str]) -> int:
         raw[model] = bench
         sections.append(format_report(bench, command))
         print(sections[-1], flush=True)
-    sim = simulate()
-    sections.append(format_simulation(sim))
-    print(sections[-1])
     if args.output:
         path = write_report("\n".join(sections), args.output)
         print(f"wrote {path}", file=sys.stderr)
     if args.json:
-        Path(args.json).write_text(json.dumps({"runs": raw, "pipeline_simulation": sim}, indent=2, default=str))
+        Path(args.json).write_text(json.dumps({"runs": raw}, indent=2, default=str))
     return 0
