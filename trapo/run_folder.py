@@ -43,7 +43,9 @@ def data_fingerprint(dataset) -> str | None:
 def model_fingerprint(model) -> str:
     """Where the model came from (its ``name_or_path``) and its size: a model built in memory has no path."""
     config = getattr(model, "config", None)
-    name = getattr(config, "_name_or_path", "") or type(model).__name__
+    # FSDP2 renames a sharded model's class in place (FSDPLlamaForCausalLM): name the model's own class.
+    own = next(c for c in type(model).__mro__ if not c.__name__.startswith("FSDP"))
+    name = getattr(config, "_name_or_path", "") or own.__name__
     size = sum(p.numel() for p in model.parameters()) if hasattr(model, "parameters") else 0
     return f"{name} ({size} parameters)"
 

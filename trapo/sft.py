@@ -22,6 +22,7 @@ from trl.trainer.utils import FusedCausalLMOutput
 
 from trapo.checkpointing import CrashSafeCheckpoints
 from trapo.core import prefix_token_loss
+from trapo.distributed import CPUFullyShardedMixin, DeepSpeedGuardMixin
 
 SFT_LOSS_KINDS = ("nll", "trsft")
 
@@ -113,7 +114,7 @@ class TRAPOSFTConfig(SFTConfig):
             )
 
 
-class TrSFTTrainer(CrashSafeCheckpoints, SFTTrainer):
+class TrSFTTrainer(CrashSafeCheckpoints, DeepSpeedGuardMixin, CPUFullyShardedMixin, SFTTrainer):
     """`SFTTrainer` whose per-token loss is ``args.sft_loss`` (``nll`` | ``trsft``).
 
     How: TRL's `compute_loss` takes the loss as ``-log_probs`` summed over the label tokens of its fused LM-head

@@ -34,7 +34,8 @@ from trapo.checkpointing import CrashSafeCheckpoints
 from trapo.config import TRAPOConfig
 from trapo.core import MicroGroup, group_advantages, mixed_loss
 from trapo.data.validation import validate_training_rows, validate_with_tokenizer
-from trapo.engines import TRLBatchGenerate, request_engine
+from trapo.distributed import CPUFullyShardedMixin, DeepSpeedGuardMixin
+from trapo.engines import TRLBatchGenerate, enable_vllm_cpu_weight_sync, request_engine
 from trapo.guards import BoundedRewardCalls, UnscorableRewards, skip_nonfinite_steps
 from trapo.logs import RolloutLogs
 from trapo.rollout import ROLLOUTS, ExpertPrefix, RolloutBatch, choose_rollout, whole_groups
@@ -51,7 +52,7 @@ class _PendingRollout:
     batch: RolloutBatch | None = None
 
 
-class TRAPOTrainer(CrashSafeCheckpoints, RolloutLogs, GRPOTrainer):
+class TRAPOTrainer(CrashSafeCheckpoints, DeepSpeedGuardMixin, CPUFullyShardedMixin, RolloutLogs, GRPOTrainer):
     """GRPO with adaptive expert guidance: staged micro-group rollouts and trust-region SFT on prefixes.
 
     Dataset rows need ``prompt`` (text or chat messages), the expert column (a list of ≥ 1 solution strings)
@@ -79,6 +80,8 @@ class TRAPOTrainer(CrashSafeCheckpoints, RolloutLogs, GRPOTrainer):
             if kwargs.get(name):
                 raise ValueError(f"TRAPOTrainer does not support {name}: its rollout is its own micro-group sampler")
         validate_training_rows(train_dataset, args)  # before a model is loaded: bad rows fail at once
+        if args.use_vllm:
+            enable_vllm_cpu_weight_sync()  # before TRL builds the engine (docs/scale.md)
         kwargs["rollout_func"] = self._rollout
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*'rollout_func'.*experimental")
@@ -87,6 +90,13 @@ class TRAPOTrainer(CrashSafeCheckpoints, RolloutLogs, GRPOTrainer):
             raise ValueError(
                 "TRAPOTrainer scores samples between stages and supports function rewards only "
                 "(e.g. trapo.rewards.math_reward), not reward models"
+            )
+        sharded_generation = self.is_fsdp_enabled and not self.use_vllm
+        if sharded_generation and (self.rollout_kind == "pipelined" or args.use_transformers_continuous_batching):
+            raise ValueError(
+                "continuous batching (rollout='pipelined', use_transformers_continuous_batching) runs each rank's "
+                "generation on its own schedule, which FSDP's per-layer all-gathers cannot follow: use "
+                "rollout='staged' or 'speculative', or vLLM for generation"
             )
         # The tokenizer TRL ended up with, however it was given (passed in, or loaded from the model's name).
         config = getattr(self.model, "config", None)
@@ -256,7 +266,8 @@ class TRAPOTrainer(CrashSafeCheckpoints, RolloutLogs, GRPOTrainer):
         self._pending.batch = batch
         for column, values in self._scorer.extra_columns(batch.score_calls, batch.samples).items():
             self._log_completion_extra(column, values)
-        self.rollout_stats.update(batch.counts() + generation)
+        self.rollout_stats.update(batch.counts())  # update, not +: a count of 0 (discarded tokens) stays a key
+        self.rollout_stats.update(generation)
         # Cumulative failed reward calls (timeouts + exceptions) of this process, scored 0 (docs/errors.md).
         failures = self.rollout_stats["reward_timeouts"] + self.rollout_stats["reward_errors"]
         self._log_means(mode, {**batch.metrics(), "reward_failures": failures}, prefix="trapo/")
