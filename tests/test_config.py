@@ -157,3 +157,22 @@ def test_epsilon_is_the_ratio_clip_and_off_by_default(make_trainer):
     assert make_trainer()._clip_range() is None
     assert make_trainer(out="sym", epsilon=0.2)._clip_range() == (0.2, 0.2)
     assert make_trainer(out="dapo", epsilon=0.2, epsilon_high=0.28)._clip_range() == (0.2, 0.28)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"use_vllm": True, "vllm_mode": "server"}, "vllm_mode='server' syncs weights to the server over NCCL"),
+        (
+            {"use_vllm": True, "vllm_mode": "server", "rollout": "pipelined"},
+            "rollout='pipelined' submits requests one by one to a colocated engine",
+        ),
+        (
+            {"use_vllm": True, "vllm_tensor_parallel_size": 2, "rollout": "pipelined"},
+            "tensor parallelism needs every rank of the group to step together",
+        ),
+    ],
+)
+def test_generation_setups_that_cannot_work_are_refused(tmp_path, overrides, message):
+    with pytest.raises(ValueError, match=message):
+        tiny_config(tmp_path, **overrides)

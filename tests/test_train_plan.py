@@ -275,3 +275,21 @@ def test_the_luffy_baseline_trains_on_its_own_trace_data_and_reward(tmp_path):
 def test_sft_baselines_train_on_whole_responses(tmp_path, name):
     plan = plan_for(CONFIGS / f"{name}.yaml", tmp_path)
     assert plan.sft_args.expert_column == "expert_full" and plan.script.prompt_style == "dataset"
+
+
+@pytest.mark.parametrize(
+    ("name", "kind"), [("zero3_8gpu.yaml", "DEEPSPEED"), ("fsdp2_8gpu.yaml", "FSDP")], ids=["zero3", "fsdp2"]
+)
+def test_the_gpu_launcher_configs_parse_as_accelerate_configs(name, kind):
+    """Not run on GPUs here (docs/scale.md); read by accelerate's own loader, as `accelerate launch` reads them."""
+    from accelerate.commands.config.config_args import load_config_from_file
+
+    config = load_config_from_file(str(CONFIGS / "accelerate" / name))
+    assert config.distributed_type.name == kind and config.num_processes == 8 and config.mixed_precision == "bf16"
+    if kind == "DEEPSPEED":
+        assert config.deepspeed_config["zero_stage"] == 3
+        assert config.deepspeed_config["offload_optimizer_device"] == "none"  # clear of DeepSpeed's offload bug
+    else:
+        assert (
+            config.fsdp_config["fsdp_version"] == 2 and config.fsdp_config["fsdp_state_dict_type"] == "FULL_STATE_DICT"
+        )

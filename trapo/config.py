@@ -323,15 +323,15 @@ class TRAPOConfig(GRPOConfig):
 
     def _validate_engines(self) -> None:
         """Generation setups that cannot work, refused now rather than at the first weight sync or generation."""
-        if self.use_vllm and self.vllm_mode == "server" and self.use_cpu:
-            raise ValueError(
-                "vllm_mode='server' syncs weights to the server over NCCL, which needs CUDA GPUs on the trainer side; "
-                "on a CPU use vllm_mode='colocate' (docs/scale.md)"
-            )
         if self.rollout == "pipelined" and self.use_vllm and self.vllm_mode == "server":
             raise ValueError(
                 "rollout='pipelined' submits requests one by one to a colocated engine; vLLM's server mode takes "
                 "whole batches over HTTP: use vllm_mode='colocate', or rollout='speculative' with the server"
+            )
+        if self.use_vllm and self.vllm_mode == "server" and self.use_cpu:
+            raise ValueError(
+                "vllm_mode='server' syncs weights to the server over NCCL, which needs CUDA GPUs on the trainer side; "
+                "on a CPU use vllm_mode='colocate' (docs/scale.md)"
             )
         if self.rollout == "pipelined" and self.use_vllm and self.vllm_tensor_parallel_size > 1:
             raise ValueError(
