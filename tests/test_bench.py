@@ -262,3 +262,20 @@ def test_every_declared_timed_method_of_the_trainer_exists():
     for phase, names in TRAPOTrainer.timed_methods.items():
         for name in names:
             assert callable(getattr(TRAPOTrainer, name, None)), (phase, name)
+
+
+def test_methods_can_be_measured_with_a_rollout_each_and_the_ratios_pair_them():
+    from trapo.bench.report import ratio_pairs
+
+    methods = ("trapo@staged", "trapo@pipelined", "grpo@staged", "grpo@pipelined")
+    assert BenchSettings(methods=methods).methods == methods
+    assert ratio_pairs(methods) == [
+        ("trapo@staged", "grpo@staged"),
+        ("trapo@staged", "grpo@pipelined"),
+        ("trapo@pipelined", "grpo@staged"),
+        ("trapo@pipelined", "grpo@pipelined"),
+        ("grpo@pipelined", "grpo@staged"),
+    ]
+    for bad in ("trapo@eager", "trl-grpo@pipelined", "ppo@staged"):
+        with pytest.raises(ValueError, match="unknown bench method"):
+            BenchSettings(methods=(bad,))

@@ -268,6 +268,20 @@ def continuous_batching_config(trainer, requests: int, tokens_per_request: int):
     )
 
 
+class WaitThrough:
+    """A `trapo.rollout.RequestEngine` whose waits go through ``wait(engine)`` (the trainer's ``_next_finished``,
+    which `trapo bench` times as generation)."""
+
+    def __init__(self, engine, wait):
+        self.engine, self.wait = engine, wait
+
+    def submit(self, key, context: list[int], max_new: int) -> None:
+        self.engine.submit(key, context, max_new)
+
+    def next_finished(self):
+        return self.wait(self.engine)
+
+
 @contextlib.contextmanager
 def request_engine(trainer, requests: int, tokens_per_request: int):
     """The `trapo.rollout.RequestEngine` a pipelined rollout runs on, for one step: TRL's colocated vLLM (weights

@@ -35,7 +35,7 @@ from trapo.config import TRAPOConfig
 from trapo.core import MicroGroup, group_advantages, mixed_loss
 from trapo.data.validation import validate_training_rows, validate_with_tokenizer
 from trapo.distributed import CPUFullyShardedMixin, DeepSpeedGuardMixin
-from trapo.engines import TRLBatchGenerate, enable_vllm_cpu_weight_sync, request_engine
+from trapo.engines import TRLBatchGenerate, WaitThrough, enable_vllm_cpu_weight_sync, request_engine
 from trapo.guards import BoundedRewardCalls, UnscorableRewards, skip_nonfinite_steps
 from trapo.logs import RolloutLogs
 from trapo.rollout import ROLLOUTS, ExpertPrefix, RolloutBatch, choose_rollout, whole_groups
@@ -63,7 +63,7 @@ class TRAPOTrainer(CrashSafeCheckpoints, DeepSpeedGuardMixin, CPUFullyShardedMix
     # The methods `trapo bench` times, by phase. The meter refuses a name that does not exist, so renaming one of
     # them fails the benchmark instead of silently moving its time into another phase.
     timed_methods = {
-        "generation": ("_generate_single_turn",),
+        "generation": ("_generate_single_turn", "_next_finished"),
         "reward": ("_score_responses", "_calculate_rewards"),
         "rollout": ("_generate_and_score_completions",),
         "forward": ("compute_loss",),
@@ -257,7 +257,8 @@ class TRAPOTrainer(CrashSafeCheckpoints, DeepSpeedGuardMixin, CPUFullyShardedMix
         if kind == "pipelined":
             tokens = max(len(ids) for ids in prompt_ids) + self.max_completion_length
             with request_engine(self, len(rows) * num_generations, tokens) as engine:
-                batch = self._make_rollout(stages, engine, kind).run(rows, prompt_ids)
+                waited = WaitThrough(engine, self._next_finished)
+                batch = self._make_rollout(stages, waited, kind).run(rows, prompt_ids)
             generation = Counter(generation_requests=engine.requests)
         else:
             generate = TRLBatchGenerate(self, filler=prompt_ids[0])
@@ -329,6 +330,11 @@ class TRAPOTrainer(CrashSafeCheckpoints, DeepSpeedGuardMixin, CPUFullyShardedMix
             texts = self._tokenizer.batch_decode([[i] for i in range(len(self._tokenizer))])
             self._boundary_ids = frozenset(i for i, t in enumerate(texts) if boundary in t)
         return self._boundary_ids
+
+    def _next_finished(self, engine):
+        """The wait for a pipelined rollout's next finished request (its own method so `trapo bench` times it as
+        generation)."""
+        return engine.next_finished()
 
     def _score_responses(self, rows: list[dict], responses: list[list[int]]):
         """The rollout's ``score``: every reward function on whole responses (prefix + continuation), locally

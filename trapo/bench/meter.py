@@ -23,6 +23,8 @@ import time
 from collections import Counter
 from pathlib import Path
 
+# Methods that return one finished request of a pipelined rollout (the time waiting on the engine is generation).
+REQUEST_METHODS = frozenset({"_next_finished"})
 PHASES = ("generation", "reward", "rollout_other", "forward", "backward", "optimizer", "other")
 COUNTERS = (
     "generation_calls",
@@ -107,7 +109,7 @@ class StepMeter:
         after = {"generation": self._after_generate, "forward": self._after_loss}
         for phase, names in timed_methods(trainer).items():
             for name in names:
-                self._wrap(trainer, name, phase, after.get(phase))
+                self._wrap(trainer, name, phase, self._after_request if name in REQUEST_METHODS else after.get(phase))
         self._wrap(trainer.accelerator, "backward", "backward")
         self._hook = trainer.model.register_forward_hook(self._count_forward)
 
@@ -143,6 +145,14 @@ class StepMeter:
         self.current["generated_tokens"] += sum(lengths)
         # A padded batch decodes until its longest row ends: rows × longest = the decode work actually done.
         self.current["decode_slots"] += len(lengths) * max(lengths, default=0)
+
+    def _after_request(self, args, result) -> None:
+        """A pipelined rollout's engine returned one finished request ``(key, continuation, logprobs)``: it decoded
+        exactly its own tokens, with no padding to a batch's longest row."""
+        n = len(result[1])
+        self.current["generated_rows"] += 1
+        self.current["generated_tokens"] += n
+        self.current["decode_slots"] += n
 
     def _after_loss(self, args, result) -> None:
         self.current["micro_batches"] += 1

@@ -64,19 +64,25 @@ def summarize(results: list[dict], methods: tuple[str, ...] | list[str]) -> dict
             keys = sorted({k for m in reps for k in m})
             values = {k: [m[k] for m in reps if m.get(k) is not None] for k in keys}
             summary["methods"][method] = {k: _spread(v) for k, v in values.items() if v}
-    if "trapo" in methods:
-        for other in (m for m in methods if m != "trapo"):
-            ratios: dict[str, dict] = {}
-            for key in RATIO_KEYS:
-                values = [
-                    pair["trapo"][key] / pair[other][key]
-                    for pair in by_rep.values()
-                    if "trapo" in pair and other in pair and pair[other].get(key)
-                ]
-                if values:
-                    ratios[key] = _spread(values)
-            summary["ratios"][f"trapo/{other}"] = ratios
+    for a, b in ratio_pairs(methods):
+        ratios: dict[str, dict] = {}
+        for key in RATIO_KEYS:
+            values = [
+                pair[a][key] / pair[b][key] for pair in by_rep.values() if a in pair and b in pair and pair[b].get(key)
+            ]
+            if values:
+                ratios[key] = _spread(values)
+        summary["ratios"][f"{a}/{b}"] = ratios
     return summary
+
+
+def ratio_pairs(methods) -> list[tuple[str, str]]:
+    """Which ratios a run reports: every TRAPO variant over every other method, and every later GRPO variant over the
+    first (e.g. ``grpo@pipelined/grpo@staged``: the engine's own difference, with no guidance involved)."""
+    base = {m: m.partition("@")[0] for m in methods}
+    pairs = [(a, b) for a in methods if base[a] == "trapo" for b in methods if base[b] != "trapo"]
+    grpo = [m for m in methods if base[m] == "grpo"]
+    return pairs + [(later, grpo[0]) for later in grpo[1:]]
 
 
 def _spread(values: list[float]) -> dict[str, float]:
@@ -217,7 +223,7 @@ def format_report(bench: dict, command: str, title: str | None = None) -> str:
 
 def _rollout_note(settings: dict, results: list[dict]) -> str:
     """ ", TRAPO rollout `auto` (ran speculative)": the setting and what the trainer resolved it to."""
-    ran = sorted({r["rollout"] for r in results if r.get("rollout") and r["method"] == "trapo"})
+    ran = sorted({r["rollout"] for r in results if r.get("rollout") and r["method"].partition("@")[0] == "trapo"})
     asked = settings.get("rollout") or "default"
     if not ran and asked == "default":
         return ""

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from trapo.bench.meter import PHASES, PeakMemory, StepMeter
 from trapo.bench.report import load_average, machine_info, rep_metrics, summarize
-from trapo.bench.setup import BenchSettings, _log, load_bench_model, make_reward, prepare_bench_model
+from trapo.bench.setup import BenchSettings, _log, load_bench_model, make_reward, prepare_bench_model, split_variant
 from trapo.local_runs import local_trainer_args, quiet_libraries, quiet_trainer
 
 # ---------------------------------------------------------------------------------------------------- running
@@ -132,9 +132,10 @@ class Runner:
             from trapo.trainer import TRAPOConfig, TRAPOTrainer
 
             config_class, trainer_class = TRAPOConfig, TRAPOTrainer
-            extra = {"method": self.method}
-            if s.rollout and self.method == "trapo":
-                extra["rollout"] = s.rollout
+            method, rollout = split_variant(self.method)
+            extra = {"method": method}
+            if rollout or s.rollout:
+                extra["rollout"] = rollout or s.rollout
         trainer = trainer_class(
             model=self.model,
             reward_funcs=self.reward,

@@ -13,6 +13,13 @@ from trapo.tasks.base import base_model_path, default_cache_dir
 BENCH_METHODS = (*RL_METHODS, "trl-grpo")  # trl-grpo: TRL's own GRPOTrainer, the reference for `grpo`
 
 
+def split_variant(name: str) -> tuple[str, str | None]:
+    """``"trapo@pipelined"`` → ``("trapo", "pipelined")``: a method measured with a given rollout (``grpo@pipelined``
+    is GRPO generating through the same engine as TRAPO's pipelined rollout); a plain name keeps the setting's."""
+    method, _, rollout = name.partition("@")
+    return method, rollout or None
+
+
 @dataclass
 class BenchSettings:
     """One benchmark run. ``model='tiny'``: the demo's warm-started base on CPU (it solves 2-operand chains and fails
@@ -43,9 +50,18 @@ class BenchSettings:
     train_problems: int = 600
 
     def __post_init__(self):
-        unknown = [m for m in self.methods if m not in BENCH_METHODS]
+        from trapo.rollout import ROLLOUT_CHOICES
+
+        def known(name: str) -> bool:
+            base, rollout = split_variant(name)
+            return base in BENCH_METHODS and (rollout is None or (rollout in ROLLOUT_CHOICES and base != "trl-grpo"))
+
+        unknown = [m for m in self.methods if not known(m)]
         if unknown:
-            raise ValueError(f"unknown bench method(s) {unknown}; choose from {', '.join(BENCH_METHODS)}")
+            raise ValueError(
+                f"unknown bench method(s) {unknown}; choose from {', '.join(BENCH_METHODS)}, optionally with a rollout "
+                f"(trapo@pipelined; rollouts {', '.join(ROLLOUT_CHOICES)})"
+            )
         if self.model not in ("tiny", "large"):
             raise ValueError(f"model must be 'tiny' or 'large', got {self.model!r}")
         if self.reps < 1 or self.steps < 1 or self.warmup_steps < 0:
