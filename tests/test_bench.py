@@ -31,6 +31,7 @@ SETTINGS = dict(
     isolate=False,  # worker processes would not see the monkeypatches
     threads=1,
     train_problems=64,
+    rollout="staged",  # one generate call per stage: the counts below follow from it
 )
 COMMAND = "trapo bench --models tiny --reps 2 --steps 1 --no-isolate"
 

@@ -12,7 +12,7 @@ from trapo.trainer import TRAPOTrainer
 
 
 def rollout(trainer, dataset, num_prompts=2):
-    """One staged rollout on the first prompts, exactly as the training loop builds it."""
+    """One rollout (the default scheduler) on the first prompts, exactly as the training loop builds it."""
     rows = [dataset[i] for i in range(num_prompts) for _ in range(trainer.num_generations)]
     trainer.model.train()
     return trainer._generate_and_score_completions(rows)
@@ -137,7 +137,7 @@ def test_speculative_rollout_takes_the_same_decisions_as_staged(make_trainer, ti
 
 def test_guided_stages_decode_only_what_the_budget_leaves(make_trainer, tiny_model, addition_dataset):
     """A stage whose requests all carry a prefix decodes at most budget − shortest prefix new tokens."""
-    trainer = make_trainer(model=tiny_model, reward=0.0, max_completion_length=24)
+    trainer = make_trainer(model=tiny_model, reward=0.0, max_completion_length=24, rollout="staged")
     seen = []
     generate = trainer._generate_single_turn
 
@@ -227,11 +227,13 @@ def test_vllm_logprobs_are_returned_even_when_nothing_was_generated(addition_dat
     assert TRAPOTrainer._rollout_output(batch, [[7, 8]])["logprobs"] is None
 
 
-def test_the_default_rollout_is_auto_staged_on_cpu_speculative_on_cuda(make_trainer, tiny_model, monkeypatch):
-    trainer = make_trainer(model=tiny_model)
-    assert trainer.args.rollout == "auto" and trainer.rollout_kind == "staged"
-    monkeypatch.setattr(type(trainer.accelerator), "device", property(lambda self: torch.device("cuda")))
-    assert trainer.rollout_kind == "speculative"
+def test_the_default_rollout_is_auto_and_the_run_folder_records_what_it_ran(make_trainer, tiny_model, tmp_path):
+    import yaml
+
+    trainer = make_trainer(model=tiny_model, max_steps=1)
+    assert trainer.args.rollout == "auto" and trainer.rollout_kind == "speculative"
+    trainer.train()
+    assert yaml.safe_load((tmp_path / "out" / "trapo_config.yaml").read_text())["rollout"] == "speculative"
     trainer.args.rollout = "staged"
     assert trainer.rollout_kind == "staged"
 
@@ -268,7 +270,7 @@ def test_the_run_folder_gets_the_resolved_config(make_trainer, tmp_path, tiny_mo
     assert saved["config"]["method"] == "luffy" and saved["config"]["prefix_loss"] == "luffy"  # preset filled in
     assert saved["config"]["second_trace_for_full"] is False and saved["config"]["alpha"] == 0.1
     assert saved["reward_functions"] == ["constant_0"] and saved["dataset"]["rows"] == len(addition_dataset)
-    assert saved["rollout"] == "staged"
+    assert saved["rollout"] == "speculative"
 
 
 # ---------------------------------------------------------------- settings honoured

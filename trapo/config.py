@@ -142,8 +142,8 @@ class TRAPOConfig(GRPOConfig):
             "four, at the cost of 11 rows per prompt instead of 8). 'pipelined': each prompt's next stage is "
             "submitted to an engine that serves requests independently (vLLM colocate, else transformers' "
             "continuous batching) as soon as its own previous stage is scored: the staged decisions, nothing "
-            "discarded, no prompt waiting for the batch. 'auto' (default): the fastest measured where generation "
-            "runs (docs/benchmarks.md; trapo_config.yaml records the choice)."
+            "discarded, no prompt waiting for the batch. 'auto' (default): the fastest measured, speculative on "
+            "2 CPU cores and on an H200 (docs/benchmarks.md); the run folder's trapo_config.yaml records it."
         },
     )
     max_prompt_length: int | None = field(

@@ -33,11 +33,28 @@ class TRLBatchGenerate:
         if count == 0:
             return [], None
         padding = [self.filler] * (count - len(contexts))
-        with max_new_tokens(trainer, max_new):
+        with max_new_tokens(trainer, max_new), no_router_logits(trainer.model):
             completion_ids, logprobs = trainer._generate_single_turn(contexts + padding, None, {}, 1)
         self.calls += 1
         n = len(contexts)
         return [list(c) for c in completion_ids[:n]], (None if logprobs is None else [list(lp) for lp in logprobs[:n]])
+
+
+@contextlib.contextmanager
+def no_router_logits(model):
+    """Generation without a mixture-of-experts model's router logits: nothing reads them there (TRL asks for them
+    explicitly in the loss's forward), and transformers' load-balancing loss, computed in every forward that returns
+    them, fails on a left-padded batch of contexts of different lengths during cached decoding."""
+    config = getattr(model, "config", None)
+    config = getattr(config, "get_text_config", lambda: config)() if config is not None else None
+    if not getattr(config, "output_router_logits", False):
+        yield
+        return
+    config.output_router_logits = False
+    try:
+        yield
+    finally:
+        config.output_router_logits = True
 
 
 @contextlib.contextmanager
