@@ -269,6 +269,16 @@ def test_mixed_loss_value_and_gradient():
     assert metrics["imitation_loss"] == pytest.approx(SFT_SUM / NORM)
 
 
+@pytest.mark.parametrize("weight", [0.0, 0.5])
+def test_the_policy_gradient_weight_scales_only_that_term(weight):
+    loss, grad, metrics = _run(pg_weight=weight)
+    assert loss == pytest.approx((weight * PG_SUM + SFT_SUM) / NORM, rel=1e-9)
+    _, imitation_grad, _ = _run(prefix_loss="trsft", pg_weight=0.0)
+    _, full_grad, _ = _run()
+    torch.testing.assert_close(grad, imitation_grad + weight * (full_grad - imitation_grad))
+    assert metrics["pg_loss"] == pytest.approx(PG_SUM / NORM)  # the term itself is still reported
+
+
 def test_mixed_loss_unmarked_prefix_and_padding_get_no_gradient():
     _, grad, _ = _run()
     assert grad[2, 0].item() == 0.0 and grad[2, 1].item() == 0.0  # unmarked prefix copy

@@ -103,6 +103,13 @@ class TRAPOConfig(GRPOConfig):
             "None = the method's."
         },
     )
+    pg_weight: float | None = field(
+        default=None,
+        metadata={
+            "help": "Weight of the policy-gradient term. None = the method's: 1 (TRAPO), 0 for `imitation-only` (the "
+            "control that trains on the imitated prefixes alone, asking how much of TRAPO is its prefix loss)."
+        },
+    )
     epsilon: float | None = field(
         default=None,
         metadata={
@@ -291,6 +298,8 @@ class TRAPOConfig(GRPOConfig):
         self._validate_engines()
         if self.epsilon is None and self.epsilon_high is not None:
             raise ValueError("epsilon_high needs epsilon (the lower clip); set both, or neither for no clip")
+        if not self.pg_weight >= 0.0:
+            raise ValueError(f"pg_weight must be >= 0, got {self.pg_weight}")
         if self.epsilon is not None and not 0.0 < self.epsilon < 1.0:
             raise ValueError(f"epsilon must be in (0, 1), got {self.epsilon}")
         if self.epsilon_high is not None and self.epsilon_high <= 0.0:

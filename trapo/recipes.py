@@ -68,12 +68,22 @@ METHODS: dict[str, Method] = {
                 "second_trace_for_full": False,
             },
         ),
+        Method(
+            "imitation-only",
+            "TRAPO's micro-groups and TrSFT on the prefixes, without the policy-gradient term (a control)",
+            rl={"schedule": PAPER_SCHEDULE, "prefix_loss": "trsft", "pg_weight": 0.0},
+        ),
         Method("sft", "SFT on the expert traces (TRL's SFTTrainer, NLL)", sft={"sft_loss": "nll"}),
+        Method(
+            "sft-trsft",
+            "SFT on the whole expert traces with the trust-region loss, no RL (a control: the loss without the method)",
+            sft={"sft_loss": "trsft"},
+        ),
         Method("sft-then-grpo", "`sft`, then `grpo` on the same model", sft={"sft_loss": "nll"}, then="grpo"),
     )
 }
 RL_METHODS = tuple(name for name, m in METHODS.items() if m.rl is not None)
-RL_DEFAULTS = {"prefix_weight": "one", "second_trace_for_full": True}  # what an RL preset leaves unset
+RL_DEFAULTS = {"prefix_weight": "one", "second_trace_for_full": True, "pg_weight": 1.0}  # what a preset leaves
 
 
 def method(name: str) -> Method:

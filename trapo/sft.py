@@ -23,6 +23,7 @@ from trl.trainer.utils import FusedCausalLMOutput
 from trapo.checkpointing import CrashSafeCheckpoints
 from trapo.core import prefix_token_loss
 from trapo.distributed import CPUFullyShardedMixin, DeepSpeedGuardMixin
+from trapo.ledger import BudgetLedgerMixin
 
 SFT_LOSS_KINDS = ("nll", "trsft")
 
@@ -114,7 +115,7 @@ class TRAPOSFTConfig(SFTConfig):
             )
 
 
-class TrSFTTrainer(CrashSafeCheckpoints, DeepSpeedGuardMixin, CPUFullyShardedMixin, SFTTrainer):
+class TrSFTTrainer(CrashSafeCheckpoints, BudgetLedgerMixin, DeepSpeedGuardMixin, CPUFullyShardedMixin, SFTTrainer):
     """`SFTTrainer` whose per-token loss is ``args.sft_loss`` (``nll`` | ``trsft``).
 
     How: TRL's `compute_loss` takes the loss as ``-log_probs`` summed over the label tokens of its fused LM-head
@@ -139,6 +140,12 @@ class TrSFTTrainer(CrashSafeCheckpoints, DeepSpeedGuardMixin, CPUFullyShardedMix
             )
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        if self.model.training:
+            expert = inputs.get("completion_mask", inputs.get("assistant_masks"))
+            if expert is None and "labels" in inputs:
+                expert = inputs["labels"] != -100
+            tokens = inputs.get("attention_mask", torch.ones_like(inputs["input_ids"]))
+            self._spend(trained_tokens=int(tokens.sum()), expert_tokens=int(expert.sum()) if expert is not None else 0)
         with self._token_loss_hook(model):
             return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
 

@@ -37,6 +37,7 @@ from trapo.data.validation import validate_training_rows, validate_with_tokenize
 from trapo.distributed import CPUFullyShardedMixin, DeepSpeedGuardMixin
 from trapo.engines import TRLBatchGenerate, WaitThrough, enable_vllm_cpu_weight_sync, request_engine
 from trapo.guards import BoundedRewardCalls, UnscorableRewards, skip_nonfinite_steps
+from trapo.ledger import BudgetLedgerMixin
 from trapo.logs import RolloutLogs
 from trapo.rollout import ROLLOUTS, ExpertPrefix, RolloutBatch, choose_rollout, whole_groups
 from trapo.scoring import RolloutScorer, check_reward_scores_experts
@@ -52,7 +53,9 @@ class _PendingRollout:
     batch: RolloutBatch | None = None
 
 
-class TRAPOTrainer(CrashSafeCheckpoints, DeepSpeedGuardMixin, CPUFullyShardedMixin, RolloutLogs, GRPOTrainer):
+class TRAPOTrainer(
+    CrashSafeCheckpoints, BudgetLedgerMixin, DeepSpeedGuardMixin, CPUFullyShardedMixin, RolloutLogs, GRPOTrainer
+):
     """GRPO with adaptive expert guidance: staged micro-group rollouts and trust-region SFT on prefixes.
 
     Dataset rows need ``prompt`` (text or chat messages), the expert column (a list of ≥ 1 solution strings)
@@ -267,7 +270,10 @@ class TRAPOTrainer(CrashSafeCheckpoints, DeepSpeedGuardMixin, CPUFullyShardedMix
         self._pending.batch = batch
         for column, values in self._scorer.extra_columns(batch.score_calls, batch.samples).items():
             self._log_completion_extra(column, values)
-        self.rollout_stats.update(batch.counts())  # update, not +: a count of 0 (discarded tokens) stays a key
+        counts = batch.counts()
+        if mode == "train":
+            self._spend(generated_tokens=counts["generated_tokens"])
+        self.rollout_stats.update(counts)  # update, not +: a count of 0 (discarded tokens) stays a key
         self.rollout_stats.update(generation)
         # Cumulative failed reward calls (timeouts + exceptions) of this process, scored 0 (docs/errors.md).
         failures = self.rollout_stats["reward_timeouts"] + self.rollout_stats["reward_errors"]
@@ -388,6 +394,7 @@ class TRAPOTrainer(CrashSafeCheckpoints, DeepSpeedGuardMixin, CPUFullyShardedMix
             alpha=self.args.alpha,
             gamma=self.args.luffy_gamma,
             prefix_weight=self.args.prefix_weight,
+            pg_weight=self.args.pg_weight,
             clip_eps=self._clip_range(),
             max_completion_length=self.max_completion_length,
             entropies=entropies,
@@ -397,6 +404,9 @@ class TRAPOTrainer(CrashSafeCheckpoints, DeepSpeedGuardMixin, CPUFullyShardedMix
             entropy_tokens=self.args.entropy_tokens,
         )
         mode = "train" if self.model.training else "eval"
+        if mode == "train":
+            imitated = int(inputs["imitated_mask"].sum()) if self.args.prefix_loss != "none" else 0
+            self._spend(trained_tokens=int(attention_mask.sum()), expert_tokens=imitated)
         accumulation = self.current_gradient_accumulation_steps if mode == "train" else 1
         if self.args.loss_normalization == "batch_budget":
             loss = loss / accumulation  # sequence_budget sums over micro-batches

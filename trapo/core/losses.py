@@ -101,6 +101,7 @@ def mixed_loss(
     pg_weights: torch.Tensor | None = None,
     loss_normalization: str = "batch_budget",
     entropy_tokens: str = "loss",
+    pg_weight: float = 1.0,
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """The TRAPO objective on one batch of sequences (docs/method.md, "The loss").
 
@@ -117,7 +118,8 @@ def mixed_loss(
     ``entropy_coef`` × the mean entropy of the tokens that carry a loss (``entropy_tokens="loss"``) or of every
     response token, prefixes included (``"response"``, the released code). ``pg_weights`` (``(B, T)`` or
     ``(B, 1)``) multiplies the policy-gradient term only, e.g. vLLM's importance-sampling correction between the
-    sampler and the trainer.
+    sampler and the trainer. ``pg_weight`` scales the whole policy-gradient term (0: imitation only, the control
+    that asks how much of TRAPO is its prefix loss).
 
     Returns the scalar loss and float metrics: ``pg_loss``, ``imitation_loss`` (the prefix-loss term), ``entropy``,
     ``prefix_clip_frac`` (share of imitated tokens with p < alpha), ``prefix_mean_p``, ``gen_mean_p``.
@@ -145,7 +147,7 @@ def mixed_loss(
         prefix_tok = prefix_tok * (advantages.unsqueeze(-1) if advantages.dim() == 1 else advantages)
     pg_term = (pg_tok * gen_mask).sum() / normalizer
     prefix_term = (prefix_tok * imitated_mask).sum() / normalizer
-    loss = pg_term + prefix_term
+    loss = pg_weight * pg_term + prefix_term
 
     # Prefixes that are context only (prefix_loss="none") carry no loss, so no entropy bonus either.
     if entropy_tokens == "response":
