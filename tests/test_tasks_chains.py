@@ -165,7 +165,7 @@ def test_problems_outside_the_task_are_refused(digits):
 
 def test_make_problems_refuses_unknown_splits_and_tiers():
     with pytest.raises(ValueError, match="split"):
-        make_problems(4, TIERS, "test")
+        make_problems(4, TIERS, "dev")
     with pytest.raises(ValueError, match="do not exist"):
         make_problems(4, (9,), "train")
 
@@ -184,3 +184,31 @@ def test_tiny_model_and_tokenizer_round_trip_through_auto_classes(tmp_path):
     assert reloaded(text)["input_ids"] == tokenizer(text)["input_ids"]
     assert reloaded.decode(reloaded(text)["input_ids"]) == text
     assert AutoModelForCausalLM.from_pretrained(tmp_path).config.vocab_size == len(tokenizer)
+
+
+def test_valid_and_test_split_the_held_out_space_and_test_is_fresh():
+    from trapo.tasks.chains import legacy_eval_problems, split_of
+
+    valid = make_problems(200 * 6, TIERS, "valid")
+    test = make_problems(200 * 6, TIERS, "test")
+    assert {split_of(p) for p in valid} == {"valid"} and {split_of(p) for p in test} == {"test"}
+    assert not {p.digits for p in valid} & {p.digits for p in test}
+    assert not {p.digits for p in test} & legacy_eval_problems()  # read before the split: not in the test
+    assert all(is_held_out(p) for p in valid + test)
+    assert sum(p.tier == 6 for p in test) == 200  # the hard tier: at least 200 fresh problems
+    assert make_problems(200 * 6, TIERS, "test") == test  # deterministic
+
+
+def test_a_mixture_expert_writes_whole_derivations_in_the_other_convention_at_that_rate():
+    from trapo.tasks.chains import Expert
+
+    problems = make_problems(400, (5,), "train")
+    expert = Expert(mixture=0.3)
+    orders = [expert.order_for(p) for p in problems]
+    assert 0.22 < orders.count("right") / len(orders) < 0.38
+    for problem, order in zip(problems, orders, strict=True):
+        assert expert.solution(problem) == problem.solution(order)  # the whole trace, not single steps
+        assert verify(expert.solution(problem), problem)
+    assert Expert().order_for(problems[0]) == "left"
+    with pytest.raises(ValueError, match="mixture must be a probability"):
+        Expert(mixture=1.5)

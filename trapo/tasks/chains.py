@@ -93,19 +93,31 @@ class Expert:
 
     ``order`` is the convention it follows (``"left"``: the base model's own; ``"right"``: the other end, so every
     digit it writes is unlikely under the policy) and ``deviation`` the probability that a step breaks it and
-    reduces another pair. Every derivation it writes is correct (the verifier accepts any legal order); what varies
-    is how far its tokens are from the policy's, the situation TrSFT is designed for: a stronger model's traces
-    are mostly plausible to the student and sometimes not.
+    reduces another pair: per-step noise. ``mixture`` is structured instead: the probability that a whole derivation
+    follows the *other* convention (a mixture of experts with two styles, drawn per problem). Every derivation it
+    writes is correct (the verifier accepts any legal order); what varies is how far its tokens are from the
+    policy's, the situation TrSFT is designed for: a stronger model's traces are mostly plausible to the student and
+    sometimes not.
     """
 
     order: str = "left"
     deviation: float = 0.0
+    mixture: float = 0.0
 
     def __post_init__(self):
         _check_expert(self.order, self.deviation)
+        if not 0.0 <= self.mixture <= 1.0:
+            raise ValueError(f"mixture must be a probability in [0, 1], got {self.mixture!r}")
+
+    def order_for(self, problem: Problem) -> str:
+        """The convention this problem's derivation follows (the other one with probability ``mixture``, seeded by
+        the digits so a problem always gets the same one)."""
+        if self.mixture and random.Random(hash_digits(problem.digits) * 7 + 3).random() < self.mixture:
+            return ORDERS[1 - ORDERS.index(self.order)]
+        return self.order
 
     def solution(self, problem: Problem) -> str:
-        return problem.solution(self.order, self.deviation)
+        return problem.solution(self.order_for(problem), self.deviation)
 
 
 def _check_expert(order: str, deviation: float) -> None:
@@ -176,9 +188,27 @@ def _text(item) -> str:
     return ""
 
 
+SPLITS = ("train", "eval", "valid", "test")
+
+
 def is_held_out(problem: Problem) -> bool:
     """Deterministic 20% split of problem space (not of draws), so train and eval never share a problem."""
     return hash_digits(problem.digits) % 5 == 0
+
+
+def split_of(problem: Problem) -> str:
+    """``train``, or for a held-out problem ``valid`` or ``test`` (halves of the held-out space). Choices are made on
+    ``valid``; ``test`` is read once, for a published run (docs/demo.md)."""
+    h = hash_digits(problem.digits)
+    if h % 5:
+        return "train"
+    return "valid" if (h // 5) % 2 == 0 else "test"
+
+
+def legacy_eval_problems() -> frozenset[tuple[int, ...]]:
+    """The held-out problems the demo evaluated on before the valid/test split (40 per tier, ``eval`` split, seed 0):
+    results up to then were read on them, so the test split leaves them out."""
+    return frozenset(p.digits for p in make_problems(40 * len(TIERS), TIERS, "eval", seed=0))
 
 
 def hash_digits(digits: tuple[int, ...]) -> int:
@@ -193,10 +223,19 @@ def make_problems(n: int, tiers: tuple[int, ...], split: str, seed: int = 0) -> 
     """Up to ``n`` distinct problems spread evenly over ``tiers``, from the ``train`` or ``eval`` split, seeded.
 
     A tier with fewer problems in the split than asked for (2 digits: about 80 train and 20 held out; 3 digits: about
-    800 and 200) contributes all of them.
+    800 and 200) contributes all of them. Splits: ``train``; ``eval``, all held-out problems (what the demo read
+    before); ``valid`` and ``test``, its two halves, ``test`` without the problems ``eval`` results were read on
+    (`legacy_eval_problems`: none of tier 2's 20 are left).
     """
-    if split not in ("train", "eval"):
-        raise ValueError(f"split must be 'train' or 'eval', got {split!r}")
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+    excluded = legacy_eval_problems() if split == "test" else frozenset()
+
+    def wanted(p: Problem) -> bool:
+        if split in ("train", "eval"):
+            return is_held_out(p) == (split == "eval")
+        return split_of(p) == split and p.digits not in excluded
+
     unknown = [t for t in tiers if t not in TIERS]
     if unknown:
         raise ValueError(f"tiers {unknown} do not exist; the task has tiers {TIERS}")
@@ -204,16 +243,18 @@ def make_problems(n: int, tiers: tuple[int, ...], split: str, seed: int = 0) -> 
     per_tier = [n // len(tiers) + (1 if i < n % len(tiers) else 0) for i in range(len(tiers))]
     problems = []
     for tier, count in zip(tiers, per_tier, strict=True):
-        if 10**tier <= 4 * count:  # small tier: enumerate it rather than draw until enough distinct ones turn up
+        # A small tier is enumerated rather than drawn until enough distinct ones turn up (the train/eval threshold
+        # is the one their problems were drawn with; valid/test hold 10% of problem space, minus the legacy ones).
+        if 10**tier <= (4 if split in ("train", "eval") else 50) * count or (split in ("valid", "test") and tier <= 4):
             pool = [Problem(tuple(int(c) for c in f"{i:0{tier}d}")) for i in range(10**tier)]
-            pool = [p for p in pool if is_held_out(p) == (split == "eval")]
+            pool = [p for p in pool if wanted(p)]
             rng.shuffle(pool)
             problems.extend(pool[:count])
             continue
         seen: set[tuple[int, ...]] = set()
         while len(seen) < count:
             p = Problem(tuple(rng.randint(0, 9) for _ in range(tier)))
-            if p.digits not in seen and is_held_out(p) == (split == "eval"):
+            if p.digits not in seen and wanted(p):
                 seen.add(p.digits)
                 problems.append(p)
     return problems
