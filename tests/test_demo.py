@@ -50,8 +50,14 @@ def test_quick_demo_writes_table_json_and_plots(tmp_path):
 def test_demo_settings_reject_bad_values():
     with pytest.raises(ValueError, match="unknown demo method"):
         DemoSettings(methods=("trapo", "ppo"))
-    with pytest.raises(ValueError, match="cannot sweep 'learning_rate'"):
-        DemoSettings(sweep={"learning_rate": (1e-3,)})
+    with pytest.raises(ValueError, match="cannot sweep 'momentum'"):
+        DemoSettings(sweep={"momentum": (0.9,)})
+    with pytest.raises(ValueError, match=r"unknown method\(s\) \['ppo'\]"):
+        DemoSettings(sweep={"sft+ppo:steps": (80,)})
+    with pytest.raises(ValueError, match="temperature must be > 0"):
+        DemoSettings(temperature=0.0)
+    with pytest.raises(ValueError, match="eval_split must be one of"):
+        DemoSettings(eval_split="train")
     with pytest.raises(ValueError, match="device"):
         DemoSettings(device="tpu")
     with pytest.raises(ValueError, match="expert_order must be one of"):
@@ -79,6 +85,9 @@ def test_expert_and_seed_flags_reach_the_settings():
     settings = settings_from_args(parser.parse_args(flags))
     assert settings.expert == Expert(DemoSettings.expert_order, 0.3)
     assert settings.runs() == [("sft", 3, {}), ("sft", 4, {})]
+    flags = ["--temperature", "0.7", "--expert-mixture", "0.3", "--eval-split", "test"]
+    settings = settings_from_args(parser.parse_args(flags))
+    assert (settings.temperature, settings.expert.mixture, settings.eval_split) == (0.7, 0.3, "test")
     with pytest.raises(SystemExit):
         parser.parse_args(["--expert-order", "up"])
 
@@ -236,3 +245,138 @@ def test_warmup_applies_to_every_phase_of_a_method(tmp_path):
     for args in (configs["sft_args"], configs["rl_args"]):
         assert args.warmup_steps == 5 and args.lr_scheduler_type == "constant_with_warmup"
     assert method_args("grpo", 0, DemoSettings(), tmp_path)["rl_args"].warmup_steps == 0  # constant from step 1
+
+
+def test_sft_then_grpo_rl_phase_takes_its_own_learning_rate_and_warmup(tmp_path):
+    from trapo.demo.runner import method_args
+
+    settings = DemoSettings(learning_rate=3e-4, rl_learning_rate=1e-4, rl_warmup_steps=5, temperature=0.7)
+    configs = method_args("sft-then-grpo", 0, settings, tmp_path)
+    assert configs["sft_args"].learning_rate == 3e-4 and configs["sft_args"].warmup_steps == 0
+    rl = configs["rl_args"]
+    assert (rl.learning_rate, rl.warmup_steps, rl.temperature) == (1e-4, 5, 0.7)
+    assert configs["sft_args"].max_steps + rl.max_steps == settings.steps
+
+
+def test_each_method_trains_at_its_tuned_learning_rate_unless_one_is_given(tmp_path):
+    from trapo.demo.runner import method_args
+    from trapo.demo.settings import TUNED
+
+    for method in ("trapo", "sft", "grpo"):
+        configs = method_args(method, 0, DemoSettings(), tmp_path)
+        args = configs.get("rl_args") or configs["sft_args"]
+        assert args.learning_rate == TUNED[method]["learning_rate"]
+        assert method_args(method, 0, DemoSettings(learning_rate=5e-5), tmp_path).popitem()[1].learning_rate == 5e-5
+
+
+def test_a_sweep_can_target_named_methods_and_a_longer_run_keeps_its_number_of_evaluations():
+    settings = DemoSettings(methods=("trapo", "sft"), seeds=2, steps=40, eval_every=5,
+                            sweep={"sft:prompts_per_step": (12,), "sft+sft-trsft:steps": (400,)})  # fmt: skip
+    assert settings.runs()[4:] == [
+        ("sft", 0, {"prompts_per_step": 12}),
+        ("sft", 1, {"prompts_per_step": 12}),
+        ("sft", 0, {"steps": 400}),
+        ("sft", 1, {"steps": 400}),
+        ("sft-trsft", 0, {"steps": 400}),
+        ("sft-trsft", 1, {"steps": 400}),
+    ]
+    longer = settings.with_overrides({"steps": 400.0})
+    assert (longer.steps, longer.eval_every) == (400, 50)  # integer settings parse as int; 8 evaluations either way
+    assert settings.with_overrides({"prompts_per_step": 12.0}).prompts_per_step == 12
+
+
+def test_paired_bootstrap_resamples_seeds_and_problems_together():
+    from trapo.demo.stats import paired_bootstrap
+
+    def run(method, seed, greedy):
+        return {"method": method, "seed": seed, "problems": {"greedy": greedy}}
+
+    problems = [{"tier": 6}] * 4 + [{"tier": 2}]
+    base = {"hard_tiers": [6], "eval_problems": problems, "settings": {}}
+    # a beats b by exactly one of the four hard problems on every seed; the easy problem (index 4) is not counted
+    runs = [run("a", s, [1, 1, 0, 0, 0]) for s in range(3)] + [run("b", s, [1, 0, 0, 0, 1]) for s in range(3)]
+    same = paired_bootstrap(base | {"runs": runs}, "a", "b")
+    assert same["mean"] == pytest.approx(0.25) and (same["seeds"], same["problems"], same["ahead"]) == (3, 4, 3)
+    assert 0.0 <= same["low"] <= 0.25 <= same["high"] <= 1.0  # problems vary; the interval is wide with four
+    # identical per-problem differences: every resample gives the mean, an interval of width 0 that excludes 0
+    runs = [run("a", s, [1, 1, 1, 1, 0]) for s in range(2)] + [run("b", s, [0, 0, 0, 0, 0]) for s in range(2)]
+    flat = paired_bootstrap(base | {"runs": runs}, "a", "b")
+    assert flat["low"] == flat["high"] == flat["mean"] == 1.0 and flat["excludes_zero"]
+    assert paired_bootstrap(base | {"runs": runs}, "a", "c") is None  # no common seeds
+
+
+def test_the_differences_table_shows_intervals_when_runs_have_per_problem_results():
+    from trapo.demo.report import format_differences
+
+    problems = [{"tier": 6}] * 4
+    runs = []
+    for seed, (a, b) in enumerate((([1, 1, 1, 0], [1, 0, 0, 0]), ([1, 1, 0, 0], [0, 0, 0, 0]))):
+        runs.append(record("trapo", seed, sum(a) / 4) | {"problems": {"greedy": a}})
+        runs.append(record("sft", seed, sum(b) / 4) | {"problems": {"greedy": b}})
+    table = format_differences({"runs": runs, "hard_tiers": [6], "eval_problems": problems, "settings": {}})
+    assert "| sft | +0.500 [" in table and "(ahead on 2 of 2 seeds)" in table
+
+
+def test_the_report_shows_the_budget_the_stage_firing_rates_and_a_key():
+    from trapo.demo.report import format_budget, format_guidance, key_lines
+
+    runs = [record("trapo", s, 0.5) for s in range(2)] + [record("sft", 0, 0.4)]
+    runs[0] |= {"guidance": [{"step": 1, "guided_frac/stage2": 0.5, "guided_frac/stage3": 0.25},
+                             {"step": 2, "guided_frac/stage2": 0.0, "guided_frac/stage3": 0.25}]}  # fmt: skip
+    runs[1] |= {"guidance": [{"step": 1, "guided_frac/stage2": 1.0, "guided_frac/stage3": 0.25}]}
+    for r, flops in zip(runs, (1e12, 3e12, 1e11), strict=True):
+        r["budget"] = {"generated_tokens": 10, "trained_tokens": 20, "expert_tokens": 5, "flops": flops,
+                       "wall_seconds": 2.0}  # fmt: skip
+    from trapo.demo.report import collapsed
+
+    base = {"tier_4": 0.93, "tier_6": 0.0, "sampled_tier_4": 0.9}
+    assert collapsed({"tier_4": 0.40, "tier_6": 0.3}, base) and not collapsed({"tier_4": 0.6, "tier_6": 0.0}, base)
+    guidance = format_guidance({"runs": runs})
+    assert "| trapo | 50% | 25% | 0% |" in guidance and "| sft |" not in guidance  # over every step of every seed
+    budget = format_budget({"runs": runs})
+    assert "| trapo | 10 | 20 | 5 | 2e+12 | 2 |" in budget and "| sft | 10 | 20 | 5 | 1e+11 | 2 |" in budget
+    results = {
+        "runs": runs,
+        "hard_tiers": [6],
+        "eval_problems": [{"tier": 6}] * 200,
+        "settings": {"eval_split": "test"},
+    }
+    key = key_lines(results)
+    assert len(key.splitlines()) == 3 and "0.005" in key and "test split" in key and "2 seed(s)" in key
+
+
+def test_results_name_no_path_of_this_machine(tmp_path):
+    from trapo.demo.runner import provenance, published_settings
+
+    settings = DemoSettings(output_dir=str(tmp_path / "out"), cache_dir=str(tmp_path / "cache"))
+    published = json.dumps(published_settings(settings))
+    assert str(tmp_path) not in published and "cache_dir" not in published
+    record = provenance(settings)
+    assert set(record) == {"git_commit", "git_dirty", "versions", "base_model_key"}
+    assert record["base_model_key"] == settings.base.key() and record["versions"]["trl"]
+
+
+def test_tuning_chooses_by_the_last_three_evaluations_over_seeds_and_breaks_ties_low():
+    from trapo.demo.tuning import budget_factors, choose, tuned_settings
+
+    def run(method, seed, lr, last3, budget=None):
+        return {"base_method": method, "seed": seed, "overrides": {} if lr == 1e-4 else {"learning_rate": lr},
+                "last3": {"hard": last3}, "budget": budget or {}}  # fmt: skip
+
+    runs = [run("grpo", s, lr, h) for s, (lr, h) in enumerate([(1e-4, 0.2), (3e-4, 0.5), (1e-3, 0.9)])]
+    runs += [run("grpo", 9, 3e-4, 0.6), run("grpo", 9, 1e-3, 0.0)]  # 1e-3: 0.45 over seeds, 3e-4: 0.55
+    runs += [run("sft", 0, 1e-4, 0.4, {"expert_tokens": 10, "flops": 1.0})]
+    runs += [run("sft", 0, 3e-4, 0.4, {"expert_tokens": 99, "flops": 99.0})]  # a tie: the smaller rate wins
+    runs += [run("trapo", 0, 1e-3, 0.7, {"expert_tokens": 15, "flops": 8.0}), run("trapo", 0, 1e-4, 0.1)]
+    results = {"runs": runs, "settings": {"learning_rate": 1e-4}}
+    table = choose(results)
+    assert table["grpo"]["chosen"] == 3e-4 and table["grpo"]["grid"]["0.0003"]["score"] == pytest.approx(0.55)
+    assert table["grpo"]["grid"]["0.001"]["seeds"] == [2, 9]
+    assert table["sft"]["chosen"] == 1e-4 and table["trapo"]["chosen"] == 1e-3
+    chosen = {m: t["chosen"] for m, t in table.items()}
+    assert budget_factors(results, chosen) == {"expert_tokens": 1.5, "flops": 8.0}
+    record = {"learning_rate": table, "sft-then-grpo rl phase": {"chosen": {
+        "rl_learning_rate": 1e-4, "rl_warmup_steps": 5, "sft_learning_rate": 1e-4}}}  # fmt: skip
+    tuned = tuned_settings(record)
+    assert tuned["grpo"] == {"learning_rate": 3e-4}
+    assert tuned["sft-then-grpo"] == {"learning_rate": 1e-4, "rl_learning_rate": 1e-4, "rl_warmup_steps": 5}

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from trapo.commands import positive_int
-from trapo.demo.settings import DEMO_METHODS, TASK_SWEEPABLE, TRAPO_SWEEPABLE, DemoSettings
+from trapo.demo.settings import DEMO_METHODS, RUN_SWEEPABLE, TASK_SWEEPABLE, TRAPO_SWEEPABLE, DemoSettings
 from trapo.tasks.chains import ORDERS
 
 HELP = "train a tiny model on the built-in task with TRAPO and the baselines (CPU, no downloads)"
@@ -46,13 +46,35 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         f"default {DemoSettings.expert_deviation})",
     )
     parser.add_argument(
+        "--expert-mixture",
+        type=float,
+        default=None,
+        metavar="P",
+        help="share of the expert's derivations written wholly in the other convention (a structured difference, "
+        "instead of per-step noise)",
+    )
+    parser.add_argument(
+        "--eval-split",
+        choices=("valid", "test"),
+        default="valid",
+        help="held-out problems: valid (every choice is made on it) or test (read once, for a published run)",
+    )
+    parser.add_argument("--temperature", type=float, default=None, help="the RL methods' rollout temperature")
+    parser.add_argument(
+        "--tune",
+        action="store_true",
+        help="run the tuning procedure (every method on the same learning-rate grid and seeds, on the valid split) "
+        "and write OUTPUT_DIR/tuning.json; its choices are the demo's defaults",
+    )
+    parser.add_argument(
         "--sweep",
         action="append",
         default=[],
         metavar="KEY=V1,V2,...",
         help="also train at each value, on the same seeds, and plot final hard-tier accuracy against it: TRAPO for "
         f"its own settings ({', '.join(TRAPO_SWEEPABLE)}), every selected method for the task's "
-        f"({', '.join(TASK_SWEEPABLE)}); e.g. --sweep alpha=0.01,0.1,0.3",
+        f"({', '.join(TASK_SWEEPABLE)}) and the run's ({', '.join(RUN_SWEEPABLE)}); e.g. --sweep alpha=0.01,0.1,0.3. "
+        "METHOD[+METHOD...]:KEY=... trains only those methods at the values, e.g. --sweep sft:steps=400",
     )
     parser.add_argument("--quick", action="store_true", help="smoke run: a few steps of everything (under 2 minutes)")
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="cuda: the same demo on a GPU")
@@ -86,6 +108,7 @@ def settings_from_args(args: argparse.Namespace) -> DemoSettings:
         "output_dir": args.output_dir,
         "device": args.device,
         "sweep": parse_sweeps(args.sweep),
+        "eval_split": args.eval_split,
     }
     optional = {
         "steps": args.steps,
@@ -94,6 +117,8 @@ def settings_from_args(args: argparse.Namespace) -> DemoSettings:
         "warmup_steps": args.warmup_steps,
         "expert_order": args.expert_order,
         "expert_deviation": args.expert_deviation,
+        "expert_mixture": args.expert_mixture,
+        "temperature": args.temperature,
         "workers": args.workers,
         "cache_dir": args.cache_dir,
     }
@@ -107,5 +132,23 @@ def run(args: argparse.Namespace, extra: list[str]) -> int:
 
     settings = settings_from_args(args)
     quiet_libraries()
+    if args.tune:
+        return tune(settings)
     run_demo(settings)
+    return 0
+
+
+def tune(settings: DemoSettings) -> int:
+    """``--tune``: the tuning procedure (`trapo.demo.tuning`), its record written to OUTPUT_DIR/tuning.json."""
+    import json
+    from pathlib import Path
+
+    from trapo.demo.tuning import tune as run_tuning
+
+    if settings.sweep:
+        raise ValueError("--tune sweeps the learning rate itself; drop --sweep")
+    record = run_tuning(settings)
+    path = Path(settings.output_dir) / "tuning.json"
+    path.write_text(json.dumps(record, indent=2) + "\n")
+    print(f"\nchosen (copy into trapo/demo/settings.py TUNED): {json.dumps(record['chosen'])}\nrecord: {path}")
     return 0

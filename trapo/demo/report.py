@@ -9,6 +9,12 @@ from pathlib import Path
 STAGE_LABELS = {2: "stage 2: 25% prefix", 3: "stage 3: 50% prefix", 4: "stage 4: full trace"}
 
 
+def collapsed(final: dict, base: dict) -> bool:
+    """A run collapsed when it lost a tier the base had mastered: final greedy accuracy below 0.5 on a tier where the
+    base scored 0.8 or more (GRPO once fell from 0.93 to 0.00 on 4 digits at the shared, untuned learning rate)."""
+    return any(final.get(k, 1.0) < 0.5 for k, v in base.items() if k.startswith("tier_") and v >= 0.8)
+
+
 def summarize(records: list[dict]) -> dict:
     """Mean and std over seeds of every final metric, per method (a swept method is its own row)."""
     summary: dict[str, dict] = {}
@@ -16,6 +22,10 @@ def summarize(records: list[dict]) -> dict:
         runs = [r for r in records if r["method"] == method]
         metrics = {k: [r["final"][k] for r in runs] for k in runs[0]["final"]}
         metrics.update({k: [r[k] for r in runs] for k in ("wall_seconds", "generated_tokens", "guided_share")})
+        if all("collapsed" in r for r in runs):
+            metrics["collapsed"] = [float(r["collapsed"]) for r in runs]
+        if all("hard" in r.get("last3", {}) for r in runs):
+            metrics["last3_hard"] = [r["last3"]["hard"] for r in runs]
         summary[method] = {k: _mean_std(v) | {"n": len(v)} for k, v in metrics.items()}
     return summary
 
@@ -37,20 +47,39 @@ def paired_difference(records: list[dict], method: str, other: str, key: str = "
 
 
 def format_differences(results: dict, reference: str = "trapo") -> str | None:
-    """The hard tier, ``reference`` minus every other method, paired by seed (`paired_difference`), greedy and, when
-    measured, sampled; None when there is nothing to compare."""
+    """The hard tier, ``reference`` minus every other method, greedy and, when measured, sampled: with per-problem
+    results, the mean and a 95% interval bootstrapped over seeds and problems (`trapo.demo.stats`); otherwise the
+    mean ± std over seeds (`paired_difference`). None when there is nothing to compare."""
+    from trapo.demo.stats import paired_bootstrap
+
     records = results["runs"]
     others = [m for m in dict.fromkeys(r["method"] for r in records) if m != reference]
     if not others or not any(r["method"] == reference for r in records):
         return None
-    columns = {"hard": "greedy"}
+    columns = {"hard": ("greedy", "greedy")}
     if all("sampled_hard" in r["final"] for r in records):
-        columns["sampled_hard"] = f"avg@{results.get('settings', {}).get('sampled_eval_k', '?')}"
-    lines = [f"| {reference} minus | " + " | ".join(columns.values()) + " |", "|---|" + "---|" * len(columns)]
+        columns["sampled_hard"] = (f"avg@{results.get('settings', {}).get('sampled_eval_k', '?')}", "sampled")
+    lines = [f"| {reference} minus | " + " | ".join(h for h, _ in columns.values()) + " |"]
+    lines.append("|---|" + "---|" * len(columns))
     for other in others:
-        cells = [_difference_cell(paired_difference(records, reference, other, key)) for key in columns]
+        cells = []
+        for key, (_, kind) in columns.items():
+            interval = paired_bootstrap(results, reference, other, kind)
+            cells.append(
+                _interval_cell(interval)
+                if interval
+                else _difference_cell(paired_difference(records, reference, other, key))
+            )
         lines.append(f"| {other} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def _interval_cell(interval: dict) -> str:
+    mark = " *" if interval["excludes_zero"] else ""
+    return (
+        f"{interval['mean']:+.3f} [{interval['low']:+.3f}, {interval['high']:+.3f}]{mark} "
+        f"(ahead on {interval['ahead']} of {interval['seeds']} seeds)"
+    )
 
 
 def _difference_cell(diff: dict | None) -> str:
@@ -64,8 +93,12 @@ def _difference_cell(diff: dict | None) -> str:
 def format_table(results: dict) -> str:
     """Held-out greedy accuracy per tier at the last step (mean ± std over seeds), the hard tiers' mean first."""
     extra = {
+        "hard, last 3 evals": lambda m: _cell(m["last3_hard"]) if "last3_hard" in m else "",
         "wall s": lambda m: _cell(m["wall_seconds"], "{:.0f}"),
         "guided": lambda m: f"{m['guided_share']['mean']:.0%}",
+        "collapsed": lambda m: (
+            f"{round(m['collapsed']['mean'] * m['collapsed']['n'])}/{m['collapsed']['n']}" if "collapsed" in m else ""
+        ),
     }
     return _accuracy_table(results, "", "hard tiers (greedy)", extra)
 
@@ -85,16 +118,100 @@ def _sampled_label(results: dict) -> str:
 
 
 def format_results(results: dict) -> str:
-    """What `trapo demo` prints and writes to results.md: the greedy table, the sampled one when measured, and TRAPO
-    minus each method."""
-    text = format_table(results)
+    """What `trapo demo` prints and writes to results.md: the greedy table, the sampled one when measured, TRAPO minus
+    each method, what each method spent, and a three-line key."""
+    settings = results.get("settings", {})
+    text = (
+        f"Equal optimizer steps ({settings.get('steps', '?')} per method); what each spent is in the budget table.\n\n"
+    )
+    text += format_table(results)
     sampled = format_sampled_table(results)
     if sampled:
         text += "\n\nThe same final models under the paper's evaluation protocol (sampled answers):\n\n" + sampled
     differences = format_differences(results)
     if differences:
-        text += "\n\nOn the hard tier, TRAPO minus each method, paired by seed:\n\n" + differences
-    return text
+        text += (
+            "\n\nOn the hard tier, TRAPO minus each method, paired by seed and problem (mean [95% interval over "
+            "seeds and problems]; * = the interval excludes 0):\n\n" + differences
+        )
+    guidance = format_guidance(results)
+    if guidance:
+        text += "\n\nHow often each stage of the guided methods' schedule fired (share of prompts, mean over steps and "
+        text += "seeds):\n\n" + guidance
+    budget = format_budget(results)
+    if budget:
+        text += "\n\nWhat each method spent per run (mean over seeds):\n\n" + budget
+    return text + "\n\n" + key_lines(results)
+
+
+def key_lines(results: dict) -> str:
+    """Three lines under the tables: what "hard" is, what one problem is worth, and that one seed is noise."""
+    hard = ", ".join(str(t) for t in results.get("hard_tiers", []))
+    n_hard = sum(p["tier"] in results.get("hard_tiers", []) for p in results.get("eval_problems", []))
+    seeds = len({r["seed"] for r in results["runs"]})
+    split = results.get("settings", {}).get("eval_split", "valid")
+    return "\n".join([
+        f"Key: hard = the {hard}-digit tier, which the base rarely solves alone but solves once the first half of an "
+        "expert derivation's tokens is shown (base_regime in results.json).",
+        f"One hard problem is worth {1 / n_hard:.3f} of its accuracy ({n_hard} problems, the {split} split)."
+        if n_hard else "",
+        f"{seeds} seed(s): " + ("one seed is noise; " if seeds == 1 else "")
+        + "the published multi-seed result, with intervals, is in docs/demo.md.",
+    ])  # fmt: skip
+
+
+def stage_firing_rates(runs: list[dict]) -> dict[int, float]:
+    """Per stage, the share of prompts it guided, over every step of ``runs`` (the guidance log)."""
+    rates = {}
+    for stage in STAGE_LABELS:
+        values = [
+            p[f"guided_frac/stage{stage}"]
+            for r in runs
+            for p in r.get("guidance", [])
+            if f"guided_frac/stage{stage}" in p
+        ]
+        if values:
+            rates[stage] = statistics.fmean(values)
+    return rates
+
+
+def format_guidance(results: dict) -> str | None:
+    """Per guided method (each sweep value its own row), each stage's firing rate (`stage_firing_rates`)."""
+    rows = []
+    for method in dict.fromkeys(r["method"] for r in results["runs"]):
+        rates = stage_firing_rates([r for r in results["runs"] if r["method"] == method])
+        if rates:
+            rows.append(f"| {method} | " + " | ".join(f"{rates.get(s, 0.0):.0%}" for s in STAGE_LABELS) + " |")
+    if not rows:
+        return None
+    header = "| method | " + " | ".join(STAGE_LABELS.values()) + " |"
+    return "\n".join([header, "|---|" + "---|" * len(STAGE_LABELS), *rows])
+
+
+def format_budget(results: dict) -> str | None:
+    """Per method, the mean budget of its runs: generated, trained and expert tokens, FLOPs, wall seconds."""
+    keys = [
+        ("generated_tokens", "generated tokens"),
+        ("trained_tokens", "trained tokens"),
+        ("expert_tokens", "expert tokens with a loss"),
+        ("flops", "FLOPs (est.)"),
+        ("wall_seconds", "wall s"),
+    ]
+    rows = []
+    for method in dict.fromkeys(r["method"] for r in results["runs"]):
+        runs = [r for r in results["runs"] if r["method"] == method and r.get("budget")]
+        if runs:
+            means = [statistics.fmean(r["budget"].get(k, 0.0) for r in runs) for k, _ in keys]
+            rows.append(f"| {method} | " + " | ".join(_compact(v) for v in means) + " |")
+    if not rows:
+        return None
+    return "\n".join(
+        ["| method | " + " | ".join(label for _, label in keys) + " |", "|---|" + "---|" * len(keys), *rows]
+    )
+
+
+def _compact(value: float) -> str:
+    return f"{value:.3g}" if value >= 1e5 else f"{value:.0f}"
 
 
 def _accuracy_table(results: dict, prefix: str, hard_label: str, extra: dict) -> str:
@@ -255,8 +372,9 @@ def _sweep_series(results: dict, key: str, method: str, metric: str) -> tuple[li
     plain runs are the point at the setting's default."""
     points = [(r["overrides"][key], r) for r in results["runs"] if key in r.get("overrides", {})]
     points = [(v, r) for v, r in points if _base_method(r) == method]
-    default = results["settings"][key]
-    points += [(default, r) for r in results["runs"] if r["method"] == method and not r.get("overrides")]
+    default = results["settings"].get(key)
+    if default is not None:  # None: a per-method setting (the tuned learning rate), no single point to place
+        points += [(default, r) for r in results["runs"] if r["method"] == method and not r.get("overrides")]
     values = sorted({v for v, _ in points})
     return values, [_mean_std([r["final"][metric] for v2, r in points if v2 == v]) for v in values]
 

@@ -20,107 +20,29 @@ from pathlib import Path
 
 import torch
 from tqdm.auto import tqdm
-from transformers import TrainerCallback
 
-from trapo.demo.report import format_results, plot, summarize
+from trapo.demo.evaluation import EvalCallback, eval_rows, evaluate, evaluate_sampled
+from trapo.demo.report import collapsed, format_results, plot, summarize
 from trapo.demo.settings import TRAPO_SWEEPABLE, DemoSettings
 from trapo.tasks.base import base_model_path, base_record
-from trapo.tasks.chains import HARD_TIERS, TIERS, TRAIN_TIERS, chain_reward, make_problems, to_rows
-
-# ---------------------------------------------------------------- evaluation
-
-
-@torch.no_grad()
-def evaluate(
-    model, tokenizer, eval_rows: list[dict], max_new_tokens: int, samples: int = 0, temperature: float = 0.6
-) -> dict[str, float]:
-    """Accuracy per tier (``tier_2`` …), ``hard`` (mean over the hard tiers) and ``overall`` (over all tiers).
-
-    ``samples=0``: one greedy answer per problem. ``samples=k``: the paper's protocol (avg@k): k answers sampled at
-    ``temperature`` per problem, accuracy averaged over them.
-    """
-    was_training = model.training
-    model.eval()
-    tokenizer.padding_side = "left"
-    prompts = [r["prompt"] for r in eval_rows]
-    enc = tokenizer(prompts, return_tensors="pt", padding=True).to(model.device)
-    sampling = (
-        {"do_sample": True, "temperature": temperature, "top_k": 0, "top_p": 1.0, "num_return_sequences": samples}
-        if samples
-        else {"do_sample": False}
-    )
-    out = model.generate(
-        **enc,
-        max_new_tokens=max_new_tokens,
-        pad_token_id=tokenizer.pad_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        **sampling,
-    )
-    texts = tokenizer.batch_decode(out[:, enc["input_ids"].shape[1] :], skip_special_tokens=True)
-    repeats = max(samples, 1)
-    correct = chain_reward(texts, [p for p in prompts for _ in range(repeats)])
-    model.train(was_training)
-    by_tier: dict[int, list[float]] = {}
-    for i, c in enumerate(correct):
-        by_tier.setdefault(eval_rows[i // repeats]["tier"], []).append(c)
-    result = {f"tier_{t}": sum(v) / len(v) for t, v in sorted(by_tier.items())}
-    hard = [result[f"tier_{t}"] for t in HARD_TIERS if f"tier_{t}" in result]
-    result["hard"] = sum(hard) / len(hard) if hard else float("nan")
-    result["overall"] = sum(result[f"tier_{t}"] for t in by_tier) / len(by_tier)
-    return result
-
-
-def evaluate_sampled(model, tokenizer, eval_rows: list[dict], settings: DemoSettings, seed: int) -> dict[str, float]:
-    """`evaluate` under the paper's protocol (avg@k at temperature 0.6), seeded, keys prefixed ``sampled_``; nothing
-    when ``settings.sampled_eval_k`` is 0."""
-    if not settings.sampled_eval_k:
-        return {}
-    torch.manual_seed(seed)
-    result = evaluate(
-        model,
-        tokenizer,
-        eval_rows,
-        settings.max_completion_length,
-        settings.sampled_eval_k,
-        settings.sampled_eval_temperature,
-    )
-    return {f"sampled_{k}": v for k, v in result.items()}
-
-
-class EvalCallback(TrainerCallback):
-    """Evaluates every ``every`` optimizer steps; the time spent here is excluded from the method's wall time."""
-
-    def __init__(self, tokenizer, eval_rows, every, max_new_tokens, total_steps, progress=None):
-        self.tokenizer, self.eval_rows, self.every = tokenizer, eval_rows, every
-        self.max_new_tokens, self.total_steps, self.progress = max_new_tokens, total_steps, progress
-        self.step = 0  # optimizer steps over every phase of the method (sft-then-grpo has two trainers)
-        self.curve: list[tuple[int, dict]] = []
-        self.eval_seconds = 0.0
-
-    def on_step_end(self, args, state, control, model=None, **kwargs):
-        self.step += 1
-        if self.progress is not None:
-            self.progress(1)
-        if self.step % self.every == 0 or self.step == self.total_steps:
-            start = time.perf_counter()
-            self.curve.append((self.step, evaluate(model, self.tokenizer, self.eval_rows, self.max_new_tokens)))
-            self.eval_seconds += time.perf_counter() - start
-
+from trapo.tasks.chains import HARD_TIERS, TRAIN_TIERS, chain_reward, make_problems, to_rows
 
 # ---------------------------------------------------------------- one method
 
 
 def method_args(method: str, seed: int, settings: DemoSettings, out_dir: Path, overrides: dict | None = None) -> dict:
-    """The `train_method` configs of ``method`` at the demo's budget: ``settings.steps`` optimizer steps in all,
-    ``prompts_per_step`` prompts per step, one learning rate. ``sft-then-grpo`` splits the steps half and half."""
+    """The `train_method` configs of ``method`` at the demo's budget (``settings`` with the run's overrides applied):
+    ``steps`` optimizer steps in all, ``prompts_per_step`` prompts per step, the method's learning rate.
+    ``sft-then-grpo`` splits the steps half and half, its RL phase with its own learning rate and warm-up."""
     from trapo.config import TRAPOConfig
     from trapo.local_runs import local_trainer_args
-    from trapo.recipes import phases, rl_method
+    from trapo.recipes import phases, rl_method, sft_preset
     from trapo.sft import TRAPOSFTConfig
 
     steps = phases(method)
     sft_steps = settings.steps if steps == ("sft",) else settings.steps // 2 if "sft" in steps else 0
     local = local_trainer_args(seed, cuda=settings.device == "cuda")
+    learning_rate, warmup = settings.learning_rate_for(method), settings.warmup_steps
     configs = {}
     if "sft" in steps:
         configs["sft_args"] = TRAPOSFTConfig(
@@ -128,12 +50,16 @@ def method_args(method: str, seed: int, settings: DemoSettings, out_dir: Path, o
             max_steps=sft_steps,
             per_device_train_batch_size=settings.prompts_per_step,
             max_expert_traces=1,  # the task's two traces are the same derivation
-            learning_rate=settings.learning_rate,
+            learning_rate=learning_rate,
             lr_scheduler_type="constant_with_warmup",
-            warmup_steps=settings.warmup_steps,
+            warmup_steps=warmup,
             logging_strategy="no",
+            alpha=settings.alpha,
+            **sft_preset(method),
             **local,
         )
+        if "rl" in steps:
+            learning_rate, warmup = settings.rl_phase(method)
     if "rl" in steps:
         values = dict(
             output_dir=str(out_dir / "rl"),
@@ -141,11 +67,12 @@ def method_args(method: str, seed: int, settings: DemoSettings, out_dir: Path, o
             num_generations=settings.num_generations,
             per_device_train_batch_size=settings.prompts_per_step * settings.num_generations,
             max_steps=settings.steps - sft_steps,
-            learning_rate=settings.learning_rate,
+            learning_rate=learning_rate,
             lr_scheduler_type="constant_with_warmup",
-            warmup_steps=settings.warmup_steps,
+            warmup_steps=warmup,
             max_completion_length=settings.max_completion_length,
             entropy_coef=settings.entropy_coef,
+            temperature=settings.temperature,
             alpha=settings.alpha,
             logging_steps=1,
             **local,
@@ -155,24 +82,32 @@ def method_args(method: str, seed: int, settings: DemoSettings, out_dir: Path, o
     return configs
 
 
+def run_label(method: str, overrides: dict | None) -> str:
+    """``trapo``, or with a run's sweep values, ``trapo alpha=0.3``."""
+    return method + "".join(f" {k}={v:g}" for k, v in (overrides or {}).items())
+
+
 def run_method(
     method: str, seed: int, settings: DemoSettings, base: Path, train_rows, eval_rows, progress=None, overrides=None
 ) -> dict:
-    """Train ``method`` from the base for ``settings.steps`` optimizer steps; return its record."""
+    """Train ``method`` from the base for ``settings.steps`` optimizer steps; return its record: the curve of greedy
+    held-out accuracy, the final and last-three-evaluations accuracies, per-problem results, the budget it spent and
+    TRAPO's guidance."""
     from datasets import Dataset
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from trapo.local_runs import quiet_trainer
     from trapo.recipes import train_method
 
+    settings = settings.with_overrides(overrides or {})
     torch.manual_seed(seed)
     tokenizer = AutoTokenizer.from_pretrained(base)
     model = AutoModelForCausalLM.from_pretrained(base).to(settings.device)
-    label = method + "".join(f" {k}={v:g}" for k, v in (overrides or {}).items())
+    label = run_label(method, overrides)
     out_dir = Path(settings.output_dir) / "runs" / f"{label.replace(' ', '-')}-seed{seed}"
     record = {"method": label, "base_method": method, "seed": seed, "overrides": overrides or {}}
-    record |= {"generated_tokens": 0, "samples": 0}
-    record["guided_samples"] = 0
+    record |= {"generated_tokens": 0, "samples": 0, "guided_samples": 0}
+    budget: dict[str, float] = {}
     log_history: list[dict] = []
     evaluator = EvalCallback(
         tokenizer, eval_rows, settings.eval_every, settings.max_completion_length, settings.steps, progress
@@ -184,6 +119,9 @@ def run_method(
             for key in ("generated_tokens", "samples", "guided_samples"):
                 record[key] += trainer.rollout_stats[key]
             log_history.extend({**h, "step": h.get("step", 0) + offset["steps"]} for h in trainer.state.log_history)
+        for key, value in trainer.budget().items():
+            if key != "wall_seconds":  # the method's own wall time below excludes evaluation
+                budget[key] = budget.get(key, 0.0) + value
         offset["steps"] += trainer.state.global_step
 
     start = time.perf_counter()
@@ -199,8 +137,12 @@ def run_method(
         **method_args(method, seed, settings, out_dir, overrides),
     )
     record["wall_seconds"] = time.perf_counter() - start - evaluator.eval_seconds
+    record["budget"] = budget | {"wall_seconds": record["wall_seconds"]}
     record["curve"] = evaluator.curve
-    record["final"] = record["curve"][-1][1] | evaluate_sampled(model, tokenizer, eval_rows, settings, seed)
+    sampled, sampled_counts = evaluate_sampled(model, tokenizer, eval_rows, settings, seed)
+    record["final"] = record["curve"][-1][1] | sampled
+    record["last3"] = evaluator.last_mean(3)
+    record["problems"] = {"greedy": evaluator.last_counts, "sampled": sampled_counts}
     record["guided_share"] = record["guided_samples"] / record["samples"] if record["samples"] else 0.0
     record["guidance"] = [
         {"step": h["step"], **{k.removeprefix("trapo/"): v for k, v in h.items() if k.startswith("trapo/guided_")}}
@@ -247,8 +189,8 @@ def run(settings: DemoSettings, log=print) -> dict:
     base = base_model_path(settings.base, settings.cache_dir, log)
     torch.set_num_threads(1)
     train_problems = make_problems(settings.train_problems, TRAIN_TIERS, "train", seed=0)
-    eval_rows = to_rows(make_problems(settings.eval_per_tier * len(TIERS), TIERS, "eval", seed=0), settings.expert)
-    base_eval, regime = measure_base(base, settings, eval_rows, log)
+    rows = eval_rows(settings)
+    base_eval, regime = measure_base(base, settings, rows, log)
 
     runs = settings.runs()
     workers = 1 if settings.device == "cuda" else min(settings.workers, len(runs))
@@ -256,20 +198,24 @@ def run(settings: DemoSettings, log=print) -> dict:
     # are written once per expert.
     rows_for = functools.cache(lambda expert: to_rows(train_problems, expert))
     tasks = [
-        {"method": m, "seed": seed, "overrides": ov, "settings": settings, "base": base, "eval_rows": eval_rows,
+        {"method": m, "seed": seed, "overrides": ov, "settings": settings, "base": base, "eval_rows": rows,
          "train_rows": rows_for(settings.with_overrides(ov).expert)}
         for m, seed, ov in runs
     ]  # fmt: skip
-    total = settings.steps * len(runs)
+    total = sum(settings.with_overrides(ov).steps for _, _, ov in runs)
     log(f"training {len(runs)} runs × {settings.steps} steps on {workers} process(es)")
     with tqdm(total=total, desc="training", unit="step") as bar:
         if workers == 1:
             records = [run_method(**t, progress=bar.update) for t in tasks]
         else:
             records = _run_parallel(tasks, workers, bar)
+    for record in records:
+        record["collapsed"] = collapsed(record["final"], base_eval)
     results = {
-        "settings": asdict(settings),
+        "settings": published_settings(settings),
+        "provenance": provenance(settings),
         "hard_tiers": list(HARD_TIERS),
+        "eval_problems": [{"prompt": r["prompt"], "tier": r["tier"]} for r in rows],
         "base": base_eval,
         "base_regime": regime,
         "base_build": {k: v for k, v in base_record(base).items() if k != "checks"},
@@ -285,6 +231,41 @@ def run(settings: DemoSettings, log=print) -> dict:
     return results
 
 
+def published_settings(settings: DemoSettings) -> dict:
+    """The settings as results.json records them: no path of this machine (the output and cache folders)."""
+    values = asdict(settings)
+    values["output_dir"] = Path(settings.output_dir).name
+    values.pop("cache_dir")
+    return values
+
+
+def provenance(settings: DemoSettings) -> dict:
+    """What produced a run: the git commit (and whether the tree had changes), the library versions, the base model's
+    cache key."""
+    import subprocess
+
+    import transformers
+    import trl
+
+    import trapo
+
+    def git(*args: str) -> str | None:
+        try:
+            done = subprocess.run(["git", *args], capture_output=True, text=True, timeout=10, cwd=Path(__file__).parent)
+        except (OSError, subprocess.TimeoutExpired):
+            return None
+        return done.stdout.strip() if done.returncode == 0 else None
+
+    commit = git("rev-parse", "HEAD")
+    return {
+        "git_commit": commit,
+        "git_dirty": bool(git("status", "--porcelain", "--untracked-files=no")) if commit else None,
+        "versions": {"trapo": trapo.__version__, "torch": torch.__version__, "transformers": transformers.__version__,
+                     "trl": trl.__version__},
+        "base_model_key": settings.base.key(),
+    }  # fmt: skip
+
+
 def measure_base(base: Path, settings: DemoSettings, eval_rows: list[dict], log) -> tuple[dict, dict]:
     """The base's greedy held-out accuracy per tier, and its pass@8 alone / with a 25% and a 50% prefix."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -295,7 +276,7 @@ def measure_base(base: Path, settings: DemoSettings, eval_rows: list[dict], log)
     tokenizer = AutoTokenizer.from_pretrained(base)
     model = AutoModelForCausalLM.from_pretrained(base).to(settings.device)
     accuracy = evaluate(model, tokenizer, eval_rows, settings.max_completion_length)
-    accuracy |= evaluate_sampled(model, tokenizer, eval_rows, settings, seed=0)
+    accuracy |= evaluate_sampled(model, tokenizer, eval_rows, settings, seed=0)[0]
     by_tier: dict[int, list] = {}
     for row in eval_rows:
         problems = by_tier.setdefault(row["tier"], [])

@@ -35,7 +35,9 @@ TIERS = (2, 3, 4, 5, 6, 7)  # chain lengths evaluated
 WARM_TIERS = (2, 3, 4)  # what the base model is warm-started on, whole derivations
 CONTINUED_TIERS = (5, 6)  # the base is also warm-started on the endings of these (the rest is given)
 TRAIN_TIERS = (2, 3, 4, 5, 6)  # what the demo's methods train on
-HARD_TIERS = (6,)  # trained on, never solved by the base alone, solved once half the derivation is given
+HARD_TIERS = (
+    6,
+)  # trained on, rarely solved by the base alone, solved once half an expert derivation's tokens is given
 # Tier 7 is never trained on by anyone: does what was learned extrapolate to longer chains?
 PAD = "."
 DIGITS = "0123456789"
