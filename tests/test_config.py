@@ -54,6 +54,8 @@ def test_custom_schedule_from_config_and_grpo_sized_by_num_generations(tmp_path)
         ({"schedule": [{"n": 8, "ratio": 0.5}]}, "unknown keys"),
         ({"loss_type": "grpo"}, "Dr. GRPO"),
         ({"per_device_train_batch_size": 4}, r"\(4 × 1\) must be a multiple of num_generations \(8\): each process"),
+        ({"entropy_token_budget": 32768}, "needs loss_normalization='sequence_budget'"),
+        ({"entropy_token_budget": 0, "loss_normalization": "sequence_budget"}, "must be >= 1"),
     ],
 )
 def test_config_rejects_bad_settings(tmp_path, overrides, message):

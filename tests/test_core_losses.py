@@ -474,3 +474,29 @@ def test_entropy_over_every_response_token_includes_prefixes_and_unmarked_copies
 def test_unknown_normalization_options_are_refused(key, value):
     with pytest.raises(ValueError, match=key):
         _run(**{key: value})
+
+
+@pytest.mark.parametrize("micro_batches", [1, 4, 64])
+def test_the_packed_entropy_bonus_is_the_same_however_the_tokens_are_split(micro_batches):
+    """entropy_token_budget: each micro-batch's bonus weighs its tokens ÷ the budget, so 64 sequences give one total
+    bonus, coef × Σ entropy ÷ budget, in 1, 4 or 64 micro-batches (the per-micro-batch mean alone would count the
+    bonus once per micro-batch: 1, 4 or 64 times)."""
+    generator = torch.Generator().manual_seed(0)
+    lengths = torch.randint(1, 9, (64,), generator=generator)
+    entropies = torch.rand(64, 8, generator=generator, dtype=torch.float64)
+    mask = torch.arange(8).unsqueeze(0) < lengths.unsqueeze(1)
+    coef, budget = 0.01, 100
+    expected = coef * sum(float(entropies[i, : int(n)].sum()) for i, n in enumerate(lengths)) / budget
+    total, mean_only = 0.0, 0.0
+    for rows in torch.arange(64).chunk(micro_batches):
+        zeros = torch.zeros(len(rows), 8, dtype=torch.float64)
+        args = (zeros, torch.zeros(len(rows), dtype=torch.float64), mask[rows], torch.zeros_like(mask[rows]))
+        kwargs = dict(imitated_mask=torch.zeros_like(mask[rows]), prefix_loss="none", entropies=entropies[rows],
+                      entropy_coef=coef, loss_normalization="sequence_budget", max_completion_length=8)  # fmt: skip
+        packed, _ = mixed_loss(*args, **kwargs, entropy_token_budget=budget)
+        plain, _ = mixed_loss(*args, **kwargs)
+        total -= packed.item()
+        mean_only -= plain.item()
+    assert total == pytest.approx(expected, rel=1e-12)
+    one_mean = coef * float((entropies * mask).sum() / mask.sum())
+    assert mean_only == pytest.approx(one_mean * micro_batches, rel=0.2)  # grows with the number of micro-batches

@@ -276,8 +276,13 @@ def test_the_run_folder_gets_the_resolved_config(make_trainer, tmp_path, tiny_mo
 # ---------------------------------------------------------------- settings honoured
 
 
-def test_several_steps_per_rollout_batch_train_on_a_real_clipped_ratio(make_trainer, monkeypatch):
-    """num_iterations=2: the second pass sees old log-probs (ρ ≠ 1 after the first update) and the clip epsilon."""
+@pytest.mark.parametrize(
+    "several", [{"num_iterations": 2}, {"steps_per_generation": 2}], ids=["iterations", "minibatches"]
+)
+def test_several_steps_per_rollout_batch_train_on_a_real_clipped_ratio(make_trainer, monkeypatch, several):
+    """Two optimizer steps per rollout batch, as two passes over it (num_iterations=2) or one pass in two halves
+    (steps_per_generation=2: LUFFY's and ReLIFT's two mini-batches): the second step sees old log-probs (ρ ≠ 1 after
+    the first update) and the clip epsilon."""
     import trapo.trainer as module
 
     seen = []
@@ -293,7 +298,8 @@ def test_several_steps_per_rollout_batch_train_on_a_real_clipped_ratio(make_trai
     def parity(completions, **kwargs):
         return [float(len(c) % 2) for c in completions]
 
-    trainer = make_trainer(reward=parity, num_iterations=2, epsilon=0.2, max_steps=2, learning_rate=0.05)
+    trainer = make_trainer(reward=parity, epsilon=0.2, max_steps=2, learning_rate=0.05, **several)
+    assert trainer.args.updates_per_rollout == 2
     trainer.train()
     assert trainer.state.global_step == 2 and len(seen) == 2
     assert all(clip == (0.2, 0.2) for _, clip in seen)

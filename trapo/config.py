@@ -110,6 +110,33 @@ class TRAPOConfig(GRPOConfig):
             "control that trains on the imitated prefixes alone, asking how much of TRAPO is its prefix loss)."
         },
     )
+    relift: bool | None = field(
+        default=None,
+        metadata={
+            "help": "ReLIFT's interleaved fine-tuning (docs/method.md, ReLIFT): prompts whose every sample fails are "
+            "buffered, and once relift_batch have gathered, one SFT step is taken on their expert traces. None = the "
+            "method's (on for `relift` only)."
+        },
+    )
+    relift_batch: int | None = field(
+        default=None,
+        metadata={
+            "help": "Buffered prompts that trigger a ReLIFT SFT step, and that step's batch. None = the prompts of one "
+            "rollout batch over every process (the released 128)."
+        },
+    )
+    relift_learning_rate: float = field(
+        default=1e-6, metadata={"help": "Learning rate of ReLIFT's own SFT optimizer (AdamW, constant; released 1e-6)."}
+    )
+    relift_entropy_coef: float = field(
+        default=0.001, metadata={"help": "Entropy bonus of the ReLIFT SFT loss (released 0.001)."}
+    )
+    relift_max_grad_norm: float = field(
+        default=1.0, metadata={"help": "Gradient-norm clip of the ReLIFT SFT step (released 1.0)."}
+    )
+    relift_micro_batch_size: int = field(
+        default=4, metadata={"help": "Sequences per forward pass of the ReLIFT SFT step, per process (released 4)."}
+    )
     epsilon: float | None = field(
         default=None,
         metadata={
@@ -220,6 +247,15 @@ class TRAPOConfig(GRPOConfig):
             "'response' (every response token, expert prefixes included: the released code)."
         },
     )
+    entropy_token_budget: int | None = field(
+        default=None,
+        metadata={
+            "help": "Weight the entropy bonus as the released actor does (docs/method.md, The loss): it subtracts each "
+            "packed micro-batch's mean entropy (up to this many tokens; released 32768) and sums over micro-batches, "
+            "so the bonus grows with the tokens trained. None: one mean per micro-batch as it comes. Needs "
+            "loss_normalization='sequence_budget' (the released sum over micro-batches)."
+        },
+    )
     vllm_importance_sampling_correction: bool = field(
         default=False,
         metadata={
@@ -257,6 +293,12 @@ class TRAPOConfig(GRPOConfig):
         self.schedule = schedule_as_data(self.micro_groups)  # a name becomes its stages: configs record what ran
         self._validate()
 
+    @property
+    def updates_per_rollout(self) -> int:
+        """Optimizer steps trained on one rollout batch: TRL's steps_per_generation × num_iterations micro-batches, a
+        step every gradient_accumulation_steps of them (LUFFY's and ReLIFT's released recipes take 2)."""
+        return max(1, self.steps_per_generation * self.num_iterations // self.gradient_accumulation_steps)
+
     def _validate(self) -> None:
         for name, (value, reason) in FIXED_SETTINGS.items():
             if not _same(getattr(self, name), value):
@@ -282,6 +324,13 @@ class TRAPOConfig(GRPOConfig):
             raise ValueError(
                 f"loss_normalization must be one of {LOSS_NORMALIZATIONS}, got {self.loss_normalization!r}"
             )
+        if self.entropy_token_budget is not None and (
+            self.entropy_token_budget < 1 or self.loss_normalization != "sequence_budget"
+        ):
+            raise ValueError(
+                f"entropy_token_budget ({self.entropy_token_budget}) must be >= 1 and needs "
+                "loss_normalization='sequence_budget': the released bonus is summed over micro-batches"
+            )
         if self.entropy_tokens not in ENTROPY_TOKENS:
             raise ValueError(f"entropy_tokens must be one of {ENTROPY_TOKENS}, got {self.entropy_tokens!r}")
         if not 0.0 < self.max_unscorable_share <= 1.0 or self.max_unscorable_steps < 1:
@@ -298,6 +347,13 @@ class TRAPOConfig(GRPOConfig):
         self._validate_engines()
         if self.epsilon is None and self.epsilon_high is not None:
             raise ValueError("epsilon_high needs epsilon (the lower clip); set both, or neither for no clip")
+        if self.relift_batch is not None and self.relift_batch < 1:
+            raise ValueError(f"relift_batch must be >= 1 or None, got {self.relift_batch}")
+        if not (self.relift_learning_rate > 0 and self.relift_max_grad_norm > 0 and self.relift_micro_batch_size >= 1):
+            raise ValueError(
+                "relift_learning_rate and relift_max_grad_norm must be > 0 and relift_micro_batch_size >= 1, got "
+                f"{self.relift_learning_rate}, {self.relift_max_grad_norm}, {self.relift_micro_batch_size}"
+            )
         if not self.pg_weight >= 0.0:
             raise ValueError(f"pg_weight must be >= 0, got {self.pg_weight}")
         if self.epsilon is not None and not 0.0 < self.epsilon < 1.0:

@@ -4,7 +4,7 @@ far more tokens than an SFT step: the ledger makes every axis visible.
 
 Logged cumulatively, summed over processes, as ``budget/<name>``:
 
-- ``optimizer_steps``;
+- ``optimizer_steps``: the trainer's, and those of any other optimizer it runs (ReLIFT's SFT steps);
 - ``generated_tokens``: tokens the policy decoded (speculative candidates that were discarded included);
 - ``trained_tokens``: tokens through a training forward and backward pass (prompt and completion, no padding);
 - ``expert_tokens``: expert tokens that carried a loss (TRAPO's imitated prefix tokens; SFT's completion tokens);
@@ -44,7 +44,8 @@ class BudgetLedgerMixin:
         parameters = sum(p.numel() for p in self.model.parameters())
         start = getattr(self, "_ledger_start", None)
         return {
-            "optimizer_steps": float(self.state.global_step),
+            # Steps of other optimizers too (ReLIFT's SFT steps); the same on every process.
+            "optimizer_steps": float(self.state.global_step + local["extra_optimizer_steps"]),
             **totals,
             "flops": estimated_flops(parameters, totals["generated_tokens"], totals["trained_tokens"]),
             "wall_seconds": time.perf_counter() - start if start is not None else 0.0,

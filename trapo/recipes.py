@@ -73,6 +73,12 @@ METHODS: dict[str, Method] = {
             "TRAPO's micro-groups and TrSFT on the prefixes, without the policy-gradient term (a control)",
             rl={"schedule": PAPER_SCHEDULE, "prefix_loss": "trsft", "pg_weight": 0.0},
         ),
+        Method(
+            "relift",
+            "GRPO, plus one SFT step on the expert traces of the prompts it failed on every sample, whenever a batch "
+            "of them has gathered (ReLIFT)",
+            rl={"prefix_loss": "none", "relift": True},
+        ),
         Method("sft", "SFT on the expert traces (TRL's SFTTrainer, NLL)", sft={"sft_loss": "nll"}),
         Method(
             "sft-trsft",
@@ -83,7 +89,12 @@ METHODS: dict[str, Method] = {
     )
 }
 RL_METHODS = tuple(name for name, m in METHODS.items() if m.rl is not None)
-RL_DEFAULTS = {"prefix_weight": "one", "second_trace_for_full": True, "pg_weight": 1.0}  # what a preset leaves
+RL_DEFAULTS = {
+    "prefix_weight": "one",
+    "second_trace_for_full": True,
+    "pg_weight": 1.0,
+    "relift": False,
+}  # what a preset leaves
 
 
 def method(name: str) -> Method:

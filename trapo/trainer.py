@@ -39,6 +39,7 @@ from trapo.engines import TRLBatchGenerate, WaitThrough, enable_vllm_cpu_weight_
 from trapo.guards import BoundedRewardCalls, UnscorableRewards, skip_nonfinite_steps
 from trapo.ledger import BudgetLedgerMixin
 from trapo.logs import RolloutLogs
+from trapo.relift import ReliftMixin
 from trapo.rollout import ROLLOUTS, ExpertPrefix, RolloutBatch, choose_rollout, whole_groups
 from trapo.scoring import RolloutScorer, check_reward_scores_experts
 
@@ -54,7 +55,13 @@ class _PendingRollout:
 
 
 class TRAPOTrainer(
-    CrashSafeCheckpoints, BudgetLedgerMixin, DeepSpeedGuardMixin, CPUFullyShardedMixin, RolloutLogs, GRPOTrainer
+    CrashSafeCheckpoints,
+    BudgetLedgerMixin,
+    ReliftMixin,
+    DeepSpeedGuardMixin,
+    CPUFullyShardedMixin,
+    RolloutLogs,
+    GRPOTrainer,
 ):
     """GRPO with adaptive expert guidance: staged micro-group rollouts and trust-region SFT on prefixes.
 
@@ -126,6 +133,7 @@ class TRAPOTrainer(
             log_metric=self._log_metric,
             trainer_state=lambda: self.state,
         )
+        self._relift_setup()
 
     def train(self, *args, **kwargs):
         self._write_run_config()
@@ -193,11 +201,12 @@ class TRAPOTrainer(
         return sampler
 
     def _extra_checkpoint_state(self) -> dict:
-        return {"rollout_stats": dict(self.rollout_stats)}
+        return {"rollout_stats": dict(self.rollout_stats), **self._relift_checkpoint_state()}
 
     def _load_extra_checkpoint_state(self, state: dict) -> None:
         self.rollout_stats.clear()
         self.rollout_stats.update(state.get("rollout_stats", {}))
+        self._relift_load_checkpoint_state(state)
 
     # ------------------------------------------------------------------ rollout
 
@@ -268,6 +277,8 @@ class TRAPOTrainer(
             batch = self._make_rollout(stages, generate, kind).run(rows, prompt_ids)
             generation = Counter(generation_calls=generate.calls)
         self._pending.batch = batch
+        if mode == "train" and self.args.relift:
+            self._relift_collect(batch, rows, prompt_ids)
         for column, values in self._scorer.extra_columns(batch.score_calls, batch.samples).items():
             self._log_completion_extra(column, values)
         counts = batch.counts()
@@ -402,6 +413,7 @@ class TRAPOTrainer(
             pg_weights=pg_weights,
             loss_normalization=self.args.loss_normalization,
             entropy_tokens=self.args.entropy_tokens,
+            entropy_token_budget=self.args.entropy_token_budget,
         )
         mode = "train" if self.model.training else "eval"
         if mode == "train":

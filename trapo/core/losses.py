@@ -102,6 +102,7 @@ def mixed_loss(
     loss_normalization: str = "batch_budget",
     entropy_tokens: str = "loss",
     pg_weight: float = 1.0,
+    entropy_token_budget: int | None = None,
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """The TRAPO objective on one batch of sequences (docs/method.md, "The loss").
 
@@ -120,6 +121,12 @@ def mixed_loss(
     ``(B, 1)``) multiplies the policy-gradient term only, e.g. vLLM's importance-sampling correction between the
     sampler and the trainer. ``pg_weight`` scales the whole policy-gradient term (0: imitation only, the control
     that asks how much of TRAPO is its prefix loss).
+
+    ``entropy_token_budget`` weights the bonus as the released actor does: it subtracts the mean entropy of each
+    *packed* micro-batch (up to that many tokens) and sums over micro-batches, so its weight grows with the tokens
+    trained. Here each micro-batch's mean is weighted by its entropy tokens ÷ the budget, i.e. the bonus is
+    ``entropy_coef × Σ entropy / budget``: the same total however the tokens are split into micro-batches, and the
+    released total when each packed micro-batch holds ``budget`` such tokens.
 
     Returns the scalar loss and float metrics: ``pg_loss``, ``imitation_loss`` (the prefix-loss term), ``entropy``,
     ``prefix_clip_frac`` (share of imitated tokens with p < alpha), ``prefix_mean_p``, ``gen_mean_p``.
@@ -157,7 +164,10 @@ def mixed_loss(
     entropy = torch.zeros((), device=logps.device)
     if entropies is not None:
         entropy = _masked_mean(entropies, loss_mask)
-        loss = loss - entropy_coef * entropy
+        if entropy_token_budget is None:
+            loss = loss - entropy_coef * entropy
+        else:
+            loss = loss - entropy_coef * (entropies * loss_mask).sum() / entropy_token_budget
 
     with torch.no_grad():
         p = logps.detach().exp()

@@ -73,6 +73,7 @@ def method_args(method: str, seed: int, settings: DemoSettings, out_dir: Path, o
             max_completion_length=settings.max_completion_length,
             entropy_coef=settings.entropy_coef,
             temperature=settings.temperature,
+            relift_learning_rate=learning_rate,  # ReLIFT's SFT steps at the RL rate, as released (both 1e-6)
             alpha=settings.alpha,
             logging_steps=1,
             **local,
