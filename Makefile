@@ -56,3 +56,4 @@ clean:
 
 layout: setup
 	$(BIN)/python tools/readme_layout.py --write
+	$(BIN)/python tools/demo_doc.py --write

@@ -6,6 +6,7 @@ import argparse
 import sys
 
 from trapo.commands import positive_int
+from trapo.data.text import PROMPT_STYLES
 
 HELP = "avg@k / pass@k on the math benchmarks (paper defaults)"
 DESCRIPTION = (
@@ -35,8 +36,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--benchmarks",
         default="paper",
-        help="comma-separated: aime,amc,math,minerva,olympiad_bench,aime25,arc_c; 'paper' (the five math ones, the "
-        "default) or 'all'",
+        help="comma-separated: aime,amc,math,minerva,olympiad_bench,aime25,arc_c,mmlu_pro; 'paper' (the five math "
+        "ones, the default) or 'all'",
     )
     p.add_argument(
         "--k", type=positive_int, default=None, help="samples per problem for every benchmark (default: paper's)"
@@ -57,9 +58,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--drop-system", action="store_true", help="remove the benchmarks' system message")
     p.add_argument(
         "--prompt-style",
-        choices=("dataset", "trapo"),
+        choices=PROMPT_STYLES,
         default="dataset",
-        help="trapo: rebuild each prompt as TRAPO's training prompt (configs/trapo_qwen2.5_math_7b.yaml trains on it)",
+        help="trapo: rebuild each prompt as TRAPO's training prompt (configs/trapo_qwen2.5_math_7b.yaml trains on it); "
+        "simplerl: the released evaluation's template for SFT-style and base models (2 bytes differ)",
     )
     p.add_argument("--rope-theta", type=float, default=None, help="context override at load (see trapo.models)")
     p.add_argument("--max-position-embeddings", type=int, default=None)
@@ -68,6 +70,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tensor-parallel-size", type=positive_int, default=1, help="vLLM backend")
     p.add_argument("--gpu-memory-utilization", type=float, default=0.9, help="vLLM backend")
     p.add_argument("--max-model-len", type=int, default=None, help="vLLM backend")
+    p.add_argument(
+        "--grading",
+        choices=("trapo", "released"),
+        default="trapo",
+        help="trapo: Math-Verify on the last boxed answer after the last </think>; released: TRAPO's released "
+        "eval script (after the first </think> when the prompt opens one, a missing one is wrong; Math-Verify on the "
+        "whole text, then the OAT grader) (docs/method.md, Evaluation)",
+    )
     p.add_argument("--grader-workers", type=int, default=None, help="Math-Verify worker processes (0: in-process)")
     p.add_argument("--grader-timeout", type=float, default=5.0, help="seconds per Math-Verify verification")
 
@@ -117,7 +127,7 @@ def run(args: argparse.Namespace, extra: list[str]) -> int:
     if reward is not None:
         grader = RewardGrader(reward, args.reward_threshold)
     else:
-        grader = Grader(timeout=args.grader_timeout, num_workers=args.grader_workers)
+        grader = Grader(timeout=args.grader_timeout, num_workers=args.grader_workers, grading=args.grading)
     try:
         results = evaluate(benchmarks, backend, tokenizer, settings, grader, template)
     finally:

@@ -22,7 +22,10 @@ THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
 # configs/chat_templates/qwen_plain.jinja it is, byte for byte, the released code's string.
 TRAPO_SYSTEM_PROMPT = "You are a helpful assistant."
 TRAPO_INSTRUCTION = "\nPlease reason step by step, and put your final answer within \\boxed{}."
-PROMPT_STYLES = ("dataset", "trapo")
+# The released evaluation's `simplerl` template (TRAPO eval_scripts/generate_vllm.py:76-81, a plain string, not an
+# f-string): the same as TRAPO's training prompt but for two bytes, no space before \boxed and doubled braces.
+SIMPLERL_INSTRUCTION = "\nPlease reason step by step, and put your final answer within\\boxed{{}}."
+PROMPT_STYLES = ("dataset", "trapo", "simplerl")
 
 
 def think_content(text: str) -> str | None:
@@ -77,10 +80,22 @@ def trapo_prompt(problem: str) -> list[dict]:
     ]
 
 
+def simplerl_prompt(problem: str) -> list[dict]:
+    """The released evaluation's ``simplerl`` prompt for ``problem`` (SFT-style and base models are evaluated with it):
+    TRAPO's, with `SIMPLERL_INSTRUCTION`."""
+    return [
+        {"role": "system", "content": TRAPO_SYSTEM_PROMPT},
+        {"role": "user", "content": problem + SIMPLERL_INSTRUCTION},
+    ]
+
+
 def restyle_prompt(prompt, style: str):
-    """``prompt`` as the dataset has it (``"dataset"``), or rebuilt from its last user message (``"trapo"``)."""
+    """``prompt`` as the dataset has it (``"dataset"``), or rebuilt from its last user message (``"trapo"``, or the
+    released evaluation's ``"simplerl"``)."""
     if style == "dataset":
         return prompt
     if style == "trapo":
         return trapo_prompt(user_message(prompt))
+    if style == "simplerl":
+        return simplerl_prompt(user_message(prompt))
     raise ValueError(f"prompt_style must be one of {PROMPT_STYLES}, got {style!r}")

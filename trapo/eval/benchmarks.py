@@ -14,8 +14,10 @@ from pathlib import Path
 
 # The paper's 5-benchmark average (docs/method.md, "Evaluation"), then the extra ones.
 MATH_BENCHMARKS = ("aime", "amc", "math", "minerva", "olympiad_bench")
-ALL_BENCHMARKS = (*MATH_BENCHMARKS, "aime25", "arc_c")
-CHOICE_BENCHMARKS = frozenset({"arc_c"})
+ALL_BENCHMARKS = (*MATH_BENCHMARKS, "aime25", "arc_c")  # the shipped ones ("all")
+BROUGHT_BENCHMARKS = ("mmlu_pro",)  # known, but a user brings the file (load_mmlu_pro); chosen by name only
+CHOICE_BENCHMARKS = frozenset({"arc_c", "mmlu_pro"})
+MMLU_PRO_LABELS = tuple("ABCDEFGHIJ")  # up to 10 options
 DISPLAY_NAMES = {
     "aime": "AIME24",
     "amc": "AMC",
@@ -24,6 +26,7 @@ DISPLAY_NAMES = {
     "olympiad_bench": "OlympiadBench",
     "aime25": "AIME25",
     "arc_c": "ARC-c",
+    "mmlu_pro": "MMLU-Pro",
 }
 # Samples per problem in the paper: avg@32 on AIME24 and AMC (and AIME25, same size), one sample elsewhere.
 PAPER_K = {"aime": 32, "amc": 32, "aime25": 32}
@@ -77,27 +80,31 @@ def default_data_dir() -> Path:
 
 
 def parse_benchmarks(spec: str | list[str] | None) -> list[str]:
-    """``"aime,amc"`` → ["aime", "amc"]; None or "paper" → the five math benchmarks; "all" → every one."""
+    """``"aime,amc"`` → ["aime", "amc"]; None or "paper" → the five math benchmarks; "all" → every shipped one."""
     if spec is None or spec == "paper":
         return list(MATH_BENCHMARKS)
     if spec == "all":
         return list(ALL_BENCHMARKS)
     names = [s.strip() for s in (spec.split(",") if isinstance(spec, str) else spec) if s.strip()]
-    unknown = [n for n in names if n not in ALL_BENCHMARKS]
+    known = (*ALL_BENCHMARKS, *BROUGHT_BENCHMARKS)
+    unknown = [n for n in names if n not in known]
     if unknown:
-        raise ValueError(f"unknown benchmark(s) {unknown}; choose from {', '.join(ALL_BENCHMARKS)} (or paper, all)")
+        raise ValueError(f"unknown benchmark(s) {unknown}; choose from {', '.join(known)} (or paper, all)")
     return list(dict.fromkeys(names))
 
 
 def load_benchmark(name: str, data_dir: str | Path | None = None, limit: int | None = None) -> list[Problem]:
     """The de-duplicated problems of ``<data_dir>/<name>.parquet`` in file order (the first ``limit`` if given)."""
     import pandas as pd
+    import pyarrow.parquet as pq
 
     path = Path(data_dir or default_data_dir()) / f"{name}.parquet"
     if not path.is_file():
         raise FileNotFoundError(
             f"benchmark {name!r}: {path} not found; pass --data-dir with the folder of <benchmark>.parquet files"
         )
+    if name == "mmlu_pro" and "question" in pq.read_schema(path).names:  # its public layout, not verl's
+        return load_mmlu_pro(path, limit)
     try:
         frame = pd.read_parquet(path, columns=["prompt", "reward_model"])
     except Exception as error:  # pyarrow's errors name neither the file nor the fix
@@ -155,4 +162,33 @@ def load_rows(path: str | Path, limit: int | None = None) -> list[Problem]:
             raise ValueError(f"{path}: row {i}: prompt must be text or a list of chat messages, got {prompt!r:.60}")
     if not problems:
         raise ValueError(f"{path}: no rows")
+    return problems
+
+
+def load_mmlu_pro(path: str | Path, limit: int | None = None) -> list[Problem]:
+    """MMLU-Pro in its public layout (TIGER-Lab/MMLU-Pro, ``test`` split: ``question``, ``options`` a list of up to 10
+    strings, ``answer`` the letter), one user message per question: the question, then one ``(A) option`` line per
+    option. It cannot be fetched here: download the split's parquet (``huggingface-cli download TIGER-Lab/MMLU-Pro
+    --repo-type dataset``) and save it as ``<data-dir>/mmlu_pro.parquet`` (docs/method.md, "Evaluation")."""
+    import pandas as pd
+
+    frame = pd.read_parquet(path)
+    missing = [c for c in ("question", "options", "answer") if c not in frame.columns]
+    if missing:
+        raise ValueError(f"{path}: MMLU-Pro needs columns question, options and answer; missing {missing}")
+    problems = []
+    for i, (question, options, answer) in enumerate(zip(frame["question"], frame["options"], frame["answer"],
+                                                        strict=True)):  # fmt: skip
+        if limit is not None and i >= limit:
+            break
+        options = [str(o) for o in options]
+        if not 2 <= len(options) <= len(MMLU_PRO_LABELS):
+            raise ValueError(f"{path}: row {i} has {len(options)} options; MMLU-Pro has 2 to 10")
+        labels = MMLU_PRO_LABELS[: len(options)]
+        answer = str(answer).strip()
+        if answer not in labels:
+            raise ValueError(f"{path}: row {i}: answer {answer!r} is not one of its option letters {labels}")
+        text = str(question).strip() + "\n" + "\n".join(f"({label}) {o}" for label, o in zip(labels, options,
+                                                                                             strict=True))  # fmt: skip
+        problems.append(Problem("mmlu_pro", i, (("user", text),), answer, choices=labels))
     return problems

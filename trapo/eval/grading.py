@@ -1,7 +1,13 @@
 """Grading of benchmark samples: Math-Verify for math (trapo.rewards.math), the option label for multiple choice.
 
-Only the solution part is graded when the completion closes its reasoning (text after the last ``</think>``), as
-LUFFY's evaluation does; a completion that never closes it is graded whole (LUFFY counts it wrong).
+Two protocols for math (docs/method.md, "Evaluation"; which one produced the paper's numbers cannot be settled):
+
+- ``trapo`` (default): the text after the *last* ``</think>`` (the whole text when there is none), Math-Verify on its
+  last ``\\boxed{}``;
+- ``released`` (TRAPO's ``eval_scripts/generate_vllm.py``): when the prompt ends with ``<think>\\n`` the text is
+  read as ``<think>\\n`` + completion and graded between the *first* and the second ``</think>``, and a completion
+  without one is wrong; otherwise the whole completion is graded. Math-Verify with its default extraction on that
+  text (several boxes, "the answer is", a final expression), then the OAT grader when it says wrong.
 """
 
 from __future__ import annotations
@@ -9,7 +15,7 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 
-from trapo.data.text import after_think
+from trapo.data.text import THINK_CLOSE, after_think
 from trapo.eval.benchmarks import CHOICE_BENCHMARKS, Problem
 from trapo.rewards.math import MathReward
 from trapo.rewards.verify import last_boxed
@@ -52,23 +58,36 @@ class Grader:
     ``timeout`` seconds, and scores items in parallel).
     """
 
-    def __init__(self, timeout: float = 5.0, num_workers: int | None = None):
-        self.math = MathReward(timeout=timeout, num_workers=num_workers, name="eval_math")
+    def __init__(self, timeout: float = 5.0, num_workers: int | None = None, grading: str = "trapo"):
+        self.grading = grading
+        self.math = MathReward(timeout=timeout, num_workers=num_workers, name="eval_math", grading=grading)
+
+    def solution(self, completion: str, prompt: str | None) -> str | None:
+        """The part of ``completion`` that is graded; None when the protocol counts it wrong unread."""
+        if self.grading == "trapo":
+            return after_think(completion)
+        if prompt is None or not prompt.endswith("<think>\n"):
+            return completion
+        parts = ("<think>\n" + completion).split(THINK_CLOSE)
+        return parts[1] if len(parts) > 1 else None
 
     def grade(
-        self, problems: Sequence[Problem], completions: Sequence[Sequence[str]]
+        self, problems: Sequence[Problem], completions: Sequence[Sequence[str]], prompts: Sequence[str] | None = None
     ) -> list[tuple[list[bool], list[str | None]]]:
-        solutions = [[after_think(c) for c in samples] for samples in completions]
-        flat = [(i, s) for i, p in enumerate(problems) if p.benchmark not in CHOICE_BENCHMARKS for s in solutions[i]]
+        prompts = prompts or [None] * len(problems)
+        solutions = [[self.solution(c, prompt) for c in samples] for samples, prompt in zip(completions, prompts,
+                                                                                              strict=True)]  # fmt: skip
+        flat = [(i, s) for i, p in enumerate(problems) if p.benchmark not in CHOICE_BENCHMARKS for s in solutions[i]
+                if s is not None]  # fmt: skip
         scores = iter(self.math([s for _, s in flat], answer=[problems[i].answer for i, _ in flat]) if flat else [])
         results = []
         for problem, samples in zip(problems, solutions, strict=True):
             if problem.benchmark in CHOICE_BENCHMARKS:
-                extracted = [extract_choice(s, problem.choices or DEFAULT_LABELS) for s in samples]
+                extracted = [extract_choice(s or "", problem.choices or DEFAULT_LABELS) for s in samples]
                 correct = [e is not None and e == problem.answer.strip() for e in extracted]
             else:
-                correct = [next(scores) >= 1.0 for _ in samples]
-                extracted = [last_boxed(s) for s in samples]
+                correct = [s is not None and next(scores) >= 1.0 for s in samples]
+                extracted = [None if s is None else last_boxed(s) for s in samples]
             results.append((correct, extracted))
         return results
 
@@ -84,7 +103,7 @@ class RewardGrader:
         self.func, self.threshold = func, threshold
 
     def grade(
-        self, problems: Sequence[Problem], completions: Sequence[Sequence[str]]
+        self, problems: Sequence[Problem], completions: Sequence[Sequence[str]], prompts: Sequence[str] | None = None
     ) -> list[tuple[list[bool], list[str | None]]]:
         flat = [(p, c) for p, samples in zip(problems, completions, strict=True) for c in samples]
         prompts = [p.text if p.text is not None else p.chat for p, _ in flat]

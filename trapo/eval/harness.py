@@ -100,7 +100,7 @@ def evaluate_benchmark(
     )
     if len(completions) != len(problems) or any(len(c) != k for c in completions):
         raise RuntimeError(f"{name}: the backend returned {[len(c) for c in completions]} samples, expected {k} each")
-    graded = grader.grade(problems, completions)
+    graded = grader.grade(problems, completions, prompts)
     samples = []
     for problem, texts, (correct, extracted) in zip(problems, completions, graded, strict=True):
         for j, (text, ok, pred) in enumerate(zip(texts, correct, extracted, strict=True)):

@@ -44,6 +44,7 @@ logger = logging.getLogger("trapo.rewards")
 
 _STATS: Counter = Counter()  # "scored", "correct", "timeouts", "parse_failures", "errors", summed over all instances
 _WARN_EVERY_S = 60.0
+GRADINGS = ("trapo", "released")  # docs/method.md, "Evaluation"
 
 
 def reward_stats(reset: bool = False) -> dict[str, int]:
@@ -66,6 +67,9 @@ class MathReward:
         name: ``__name__`` shown by TRL in its logs (``rewards/<name>/mean``).
         require_think_close: LUFFY's reward (its ``reward_impl_version=3``): a completion without ``</think>`` scores
             0, and only the text after the first ``</think>`` is checked, so the answer must follow the reasoning.
+        grading: ``"trapo"``: Math-Verify on the last ``\\boxed{}`` (else the text's tail); ``"released"``: the
+            released evaluation script's grading, Math-Verify on the whole text, then the OAT grader
+            (`trapo.eval.oat_grader`) when it says wrong.
     """
 
     def __init__(
@@ -75,7 +79,11 @@ class MathReward:
         num_workers: int | None = None,
         name: str = "",
         require_think_close: bool = False,
+        grading: str = "trapo",
     ):
+        if grading not in GRADINGS:
+            raise ValueError(f"grading must be one of {GRADINGS}, got {grading!r}")
+        self.grading = grading
         self.timeout = float(timeout)
         self.require_think_close = require_think_close
         self.max_chars = int(max_chars)
@@ -108,11 +116,15 @@ class MathReward:
         formatted = [not self.require_think_close or THINK_CLOSE in t for t in texts]
         if self.require_think_close:
             texts = [t.split(THINK_CLOSE)[1] if ok else t for t, ok in zip(texts, formatted, strict=True)]
-        requests = [
-            [gold_text(a), prediction_text(t, self.max_chars), self.timeout]
-            for t, a, ok in zip(texts, answers, formatted, strict=True)
-            if ok
-        ]
+        if self.grading == "released":
+            requests = [[None if a is None else str(a).strip(), t, self.timeout, "released"]
+                        for t, a, ok in zip(texts, answers, formatted, strict=True) if ok]  # fmt: skip
+        else:
+            requests = [
+                [gold_text(a), prediction_text(t, self.max_chars), self.timeout]
+                for t, a, ok in zip(texts, answers, formatted, strict=True)
+                if ok
+            ]
         scored = iter(self._score(requests))
         results = [next(scored) if ok else (0.0, "format_error") for ok in formatted]
         counts = Counter(status for _, status in results)

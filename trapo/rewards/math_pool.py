@@ -22,7 +22,8 @@ _STARTUP_TIMEOUT_S = 120.0  # a fresh worker imports sympy: seconds on a loaded 
 
 
 def _serve() -> None:
-    """Worker loop: one JSON request per stdin line ``[gold, pred, timeout]``, one ``[score, status]`` line back."""
+    """Worker loop: one JSON request per stdin line ``[gold, pred, timeout(, grading)]``, one ``[score, status]``
+    line back."""
     channel = os.fdopen(os.dup(1), "w", buffering=1)
     os.dup2(2, 1)  # a library that prints must not corrupt the protocol
     sys.stdout = sys.stderr
@@ -32,8 +33,7 @@ def _serve() -> None:
     channel.write("ready\n")
     for line in sys.stdin:
         try:
-            gold, pred, timeout = json.loads(line)
-            result = score_one(gold, pred, timeout)
+            result = score_one(*json.loads(line))
         except BaseException:  # includes an alarm landing between the scoring and its cleanup
             result = (0.0, "error")
         channel.write(json.dumps(result) + "\n")
