@@ -330,3 +330,36 @@ def test_the_gpu_launcher_configs_parse_as_accelerate_configs(name, kind):
         assert (
             config.fsdp_config["fsdp_version"] == 2 and config.fsdp_config["fsdp_state_dict_type"] == "FULL_STATE_DICT"
         )
+
+
+def test_sft_then_grpo_trains_its_rl_phase_on_held_out_problems(tmp_path):
+    plan = plan_for(CONFIGS / "sft-then-grpo.yaml", tmp_path)
+    assert plan.script.rl_dataset_name == "data/openr1_math_complement_trapo.parquet"
+    assert plan.script.dataset_name != plan.script.rl_dataset_name
+
+
+def test_the_complement_keeps_only_problems_outside_the_base():
+    from trapo.data.prepare import complement_of
+
+    base = [{"prompt": [{"role": "user", "content": "What is  1+1?"}]}, {"prompt": "2+2?"}]
+    rows = [{"prompt": "What is 1+1?", "answer": "2"}, {"prompt": "3+3?", "answer": "6"}, {"prompt": "2+2?"}]
+    assert complement_of(base, rows) == [{"prompt": "3+3?", "answer": "6"}]  # whitespace and chat form ignored
+
+
+def test_train_method_runs_the_rl_phase_on_its_own_rows(tmp_path, tokenizer, monkeypatch):
+    from datasets import Dataset
+
+    import trapo.recipes as recipes
+
+    seen = {}
+    monkeypatch.setattr(recipes, "_run_sft", lambda model, tok, data, *a: seen.setdefault("sft", data) and model)
+    monkeypatch.setattr(recipes, "_run_rl", lambda model, tok, data, *a: seen.setdefault("rl", data))
+    sft_rows, rl_rows = Dataset.from_list(addition_rows(4)), Dataset.from_list(addition_rows(8))
+    from conftest import sft_config, tiny_config
+
+    recipes.train_method("sft-then-grpo", "model", tokenizer, sft_rows, parity_reward, sft_args=sft_config(tmp_path),
+                         rl_args=tiny_config(tmp_path, method="grpo"), rl_dataset=rl_rows)  # fmt: skip
+    assert seen["sft"] is sft_rows and seen["rl"] is rl_rows
+    with pytest.raises(ValueError, match="rl_dataset is for a method with an SFT and an RL phase"):
+        recipes.train_method("grpo", "model", tokenizer, sft_rows, parity_reward,
+                             rl_args=tiny_config(tmp_path, method="grpo"), rl_dataset=rl_rows)  # fmt: skip

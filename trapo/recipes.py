@@ -132,9 +132,10 @@ def sft_preset(name: str) -> dict:
 
 
 def _train_sft_then_rl(
-    model, tokenizer, dataset, reward_funcs, sft_args, rl_args, save_final, resume, callbacks, hooks
+    model, tokenizer, dataset, reward_funcs, sft_args, rl_args, save_final, resume, callbacks, hooks, rl_dataset=None
 ):
-    """SFT on the expert traces, then the RL phase (`TRAPOTrainer`) on the same model (``sft-then-grpo``).
+    """SFT on the expert traces, then the RL phase (`TRAPOTrainer`) on the same model (``sft-then-grpo``), on
+    ``rl_dataset`` when given (LUFFY's SFT→RL trains it on held-out problems), else on the same rows.
 
     ``resume=True`` continues where a killed run stopped: in the RL phase when it has a complete checkpoint (the
     SFT phase is then skipped: the checkpoint holds the weights), otherwise in the SFT phase.
@@ -152,7 +153,8 @@ def _train_sft_then_rl(
         sft_resume = True if rl_resume is None and last_complete_checkpoint(sft_args.output_dir) else None
     if rl_resume is None:
         model = _run_sft(model, tokenizer, dataset, sft_args, save_final, sft_resume, callbacks, hooks)
-    return _run_rl(model, tokenizer, dataset, reward_funcs, rl_args, save_final, rl_resume, callbacks, hooks)
+    rl_rows = dataset if rl_dataset is None else rl_dataset
+    return _run_rl(model, tokenizer, rl_rows, reward_funcs, rl_args, save_final, rl_resume, callbacks, hooks)
 
 
 def train_method(
@@ -169,8 +171,11 @@ def train_method(
     callbacks: list | None = None,
     on_phase_start: PhaseHook | None = None,
     on_phase_end: PhaseHook | None = None,
+    rl_dataset=None,
 ):
     """Run any method by name (`METHODS`) and return the trained model.
+
+    ``rl_dataset``: the RL phase's rows of a two-phase method (``sft-then-grpo``); None trains both on ``dataset``.
 
     ``save_final`` saves each phase's final model and tokenizer to its ``output_dir`` (``trapo train`` does).
     ``resume``: True resumes from the last complete checkpoint in the output folder, a path from that checkpoint.
@@ -189,11 +194,13 @@ def train_method(
         if getattr(sft_args, key) != value:
             raise ValueError(f"method {method!r} trains with {key}={value!r}; sft_args has {getattr(sft_args, key)!r}")
     hooks = (on_phase_start, on_phase_end)
+    if rl_dataset is not None and steps != ("sft", "rl"):
+        raise ValueError(f"rl_dataset is for a method with an SFT and an RL phase; {method!r} trains on dataset")
     if steps == ("sft",):
         return _run_sft(model, tokenizer, dataset, sft_args, save_final, resume, callbacks, hooks)
     if steps == ("sft", "rl"):
         return _train_sft_then_rl(
-            model, tokenizer, dataset, reward_funcs, sft_args, rl_args, save_final, resume, callbacks, hooks
+            model, tokenizer, dataset, reward_funcs, sft_args, rl_args, save_final, resume, callbacks, hooks, rl_dataset
         )
     return _run_rl(model, tokenizer, dataset, reward_funcs, rl_args, save_final, resume, callbacks, hooks)
 

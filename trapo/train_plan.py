@@ -49,6 +49,14 @@ class TrainScriptArguments:
             "(prompt, answer, expert) or the verl/LUFFY layout (see trapo.data)."
         },
     )
+    rl_dataset_name: str | None = field(
+        default=None,
+        metadata={
+            "help": "The RL phase's rows of a method with two phases (sft-then-grpo), read like dataset_name; None = "
+            "dataset_name. LUFFY's SFT→RL trains its RL phase on held-out problems: `trapo prepare "
+            "--complement-of` writes them (docs/reproduce.md)."
+        },
+    )
     dataset_config: str | None = field(default=None, metadata={"help": "Hub dataset configuration name."})
     dataset_train_split: str = field(default="train", metadata={"help": "Split to train on."})
     expert_format: str = field(
@@ -323,16 +331,22 @@ def run_train(plan: TrainPlan, resume: bool | str | None = None) -> int:
             script.max_position_embeddings,
             script.model_revision,
         )
-    dataset = load_training_rows(
-        script.dataset_name,
-        script.dataset_train_split,
-        script.dataset_config,
-        expert_column=first.expert_column,
-        answer_column=getattr(plan.rl_args, "answer_column", "answer"),
-        expert_format=script.expert_format,
-    )
-    if script.prompt_style != "dataset":
-        dataset = dataset.map(lambda row: {"prompt": restyle_prompt(row["prompt"], script.prompt_style)})
+
+    def rows(name: str):
+        dataset = load_training_rows(
+            name,
+            script.dataset_train_split,
+            script.dataset_config,
+            expert_column=first.expert_column,
+            answer_column=getattr(plan.rl_args, "answer_column", "answer"),
+            expert_format=script.expert_format,
+        )
+        if script.prompt_style != "dataset":
+            dataset = dataset.map(lambda row: {"prompt": restyle_prompt(row["prompt"], script.prompt_style)})
+        return dataset
+
+    dataset = rows(script.dataset_name)
+    rl_dataset = rows(script.rl_dataset_name) if script.rl_dataset_name and plan.sft_args is not None else None
     tokenizer = load_tokenizer(model_path, first.trust_remote_code, script.chat_template_file)
     check_chat_template(tokenizer, dataset[0]["prompt"])
     model = load_model(model_path, script.dtype, script.attn_implementation, first.trust_remote_code)
@@ -346,5 +360,6 @@ def run_train(plan: TrainPlan, resume: bool | str | None = None) -> int:
         rl_args=plan.rl_args,
         save_final=True,
         resume=resume,
+        rl_dataset=rl_dataset,
     )
     return 0

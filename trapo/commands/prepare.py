@@ -38,6 +38,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--base", default=None, help="base rows (e.g. LUFFY's OpenR1-Math-46k-8192): their problems and "
                    "first traces, topped up with a trace from the input")  # fmt: skip
+    p.add_argument(
+        "--complement-of",
+        default=None,
+        metavar="BASE",
+        help="keep only the problems that are not in BASE (held-out problems: the RL phase of SFT→RL)",
+    )
     p.add_argument("--show", type=int, default=20, help="rejected rows printed (all are written to the file)")
 
 
@@ -46,7 +52,7 @@ def run(args: argparse.Namespace, extra: list[str]) -> int:
 
     from trapo.data import LUFFY_SYSTEM_PROMPT, PrepareOptions, load_training_rows, prepare_openr1, write_rows
     from trapo.data.loaders import read_table
-    from trapo.data.prepare import merge_with_base
+    from trapo.data.prepare import complement_of, merge_with_base
 
     table = read_table(args.input, args.split, args.config)
     columns = set(table.column_names)
@@ -81,6 +87,12 @@ def run(args: argparse.Namespace, extra: list[str]) -> int:
         rejected_path = args.output + ".rejected.jsonl"
         write_rows([{"row": i, "reason": r} for i, r in report.rejected], rejected_path)
     summary = report.summary()
+    if args.base and args.complement_of:
+        raise ValueError("--base and --complement-of exclude each other: top up BASE's problems, or write the others")
+    if args.complement_of:
+        held_out = complement_of(load_training_rows(args.complement_of, expert_format="full"), rows)
+        summary += f"; {len(rows) - len(held_out)} problems of {args.complement_of} left out, {len(held_out)} kept"
+        rows = held_out
     if args.base:
         base = load_training_rows(args.base, expert_format="full")  # whole responses: both columns come from them
         rows, matched = merge_with_base(base, rows, args.max_traces)

@@ -189,6 +189,13 @@ def merge_with_base(
     return merged, matched
 
 
+def complement_of(base_rows: Iterable[dict], rows: Iterable[dict]) -> list[dict]:
+    """The ``rows`` whose problem is not one of ``base_rows``' (matched as `merge_with_base` matches them): held-out
+    problems, e.g. for the RL phase of LUFFY's SFT→RL, which trains on OpenR1-Math problems outside its 46k SFT set."""
+    seen = {_key(r["prompt"]) for r in base_rows}
+    return [r for r in rows if _key(r["prompt"]) not in seen]
+
+
 def write_rows(rows: list[dict], path: str) -> None:
     """Write rows as JSON lines (``.jsonl``) or parquet (``.parquet``)."""
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
