@@ -46,6 +46,15 @@ def test_quick_demo_writes_table_json_and_plots(tmp_path):
     for name in ("accuracy.png", "tiers.png", "guidance.png", "sweep.png", "results.md"):
         assert (out / name).stat().st_size > 0
 
+    # Run again with one more sweep value: the three finished runs are reused as saved, only the new one trains.
+    args[args.index("alpha=0.3")] = "alpha=0.3,0.5"
+    again = subprocess.run([*cmd, *args], capture_output=True, text=True, timeout=600, env=env)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "reusing 3 finished run(s)" in again.stdout and "training 1 runs" in again.stdout
+    rerun = json.loads((out / "results.json").read_text())
+    assert [r["method"] for r in rerun["runs"]] == [*methods, "trapo alpha=0.5"]
+    assert rerun["runs"][:3] == json.loads(json.dumps(results["runs"]))
+
 
 def test_demo_settings_reject_bad_values():
     with pytest.raises(ValueError, match="unknown demo method"):
@@ -354,6 +363,25 @@ def test_results_name_no_path_of_this_machine(tmp_path):
     record = provenance(settings)
     assert set(record) == {"git_commit", "git_dirty", "versions", "base_model_key"}
     assert record["base_model_key"] == settings.base.key() and record["versions"]["trl"]
+
+
+def test_a_saved_run_is_reused_only_under_the_same_settings(tmp_path):
+    from trapo.demo.runner import run_dir, run_key, saved_record
+
+    settings = DemoSettings(output_dir=str(tmp_path), learning_rate=3e-4)
+    task = {"method": "trapo", "seed": 3, "overrides": {"alpha": 0.3}, "settings": settings}
+    path = run_dir(settings, "trapo", 3, {"alpha": 0.3}) / "record.json"
+    path.parent.mkdir(parents=True)
+    key = run_key("trapo", 3, {"alpha": 0.3}, settings)
+    path.write_text(json.dumps({"key": key, "record": {"method": "trapo alpha=0.3"}}))
+    assert saved_record(task) == {"method": "trapo alpha=0.3"}
+    # Which runs a demo trains (its seeds, methods, workers) does not matter; how one trains does.
+    assert saved_record({**task, "settings": DemoSettings(output_dir=str(tmp_path), learning_rate=3e-4, seeds=8,
+                                                          workers=1)}) is not None  # fmt: skip
+    assert saved_record({**task, "settings": DemoSettings(output_dir=str(tmp_path), learning_rate=1e-3)}) is None
+    assert saved_record({**task, "seed": 4}) is None  # no file
+    path.write_text('{"key": ')  # a run killed while writing
+    assert saved_record(task) is None
 
 
 def test_tuning_chooses_by_the_last_three_evaluations_over_seeds_and_breaks_ties_low():

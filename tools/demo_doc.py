@@ -35,7 +35,8 @@ def tuning_section() -> str:
         cells = []
         for g in grid:
             cell = table["grid"].get(g)
-            cells.append("" if cell is None else f"{cell['score']:.2f}" + (" (collapsed)" if cell.get("collapsed") else ""))
+            mark = " (collapsed)" if cell and cell.get("collapsed") else ""
+            cells.append("" if cell is None else f"{cell['score']:.2f}{mark}")
         lines.append(f"| {method} | " + " | ".join(cells) + f" | {table['chosen']:g} |")
     phase = record.get("sft-then-grpo rl phase")
     if phase:

@@ -105,7 +105,7 @@ def run_method(
     tokenizer = AutoTokenizer.from_pretrained(base)
     model = AutoModelForCausalLM.from_pretrained(base).to(settings.device)
     label = run_label(method, overrides)
-    out_dir = Path(settings.output_dir) / "runs" / f"{label.replace(' ', '-')}-seed{seed}"
+    out_dir = run_dir(settings, method, seed, overrides)
     record = {"method": label, "base_method": method, "seed": seed, "overrides": overrides or {}}
     record |= {"generated_tokens": 0, "samples": 0, "guided_samples": 0}
     budget: dict[str, float] = {}
@@ -156,6 +156,55 @@ def run_method(
 # ---------------------------------------------------------------- workers
 
 
+# Fields that choose which runs a demo trains, not how one run trains: a finished run is reused across them.
+_RUN_LIST_FIELDS = ("methods", "seeds", "first_seed", "sweep", "workers", "output_dir")
+
+
+def run_key(method: str, seed: int, overrides: dict, settings: DemoSettings) -> dict:
+    """Everything a run's result depends on that can change between invocations: its method, seed and sweep values,
+    the settings (with TUNED's entry for the method) and trapo's version. A saved run with the same key is reused."""
+    import trapo
+    from trapo.demo.settings import TUNED
+
+    values = published_settings(settings.with_overrides(overrides))
+    for name in _RUN_LIST_FIELDS:
+        values.pop(name, None)
+    return {"method": method, "seed": seed, "overrides": overrides, "settings": values,
+            "tuned": TUNED.get(method), "trapo": trapo.__version__}  # fmt: skip
+
+
+def run_dir(settings: DemoSettings, method: str, seed: int, overrides: dict | None) -> Path:
+    return Path(settings.output_dir) / "runs" / f"{run_label(method, overrides).replace(' ', '-')}-seed{seed}"
+
+
+def saved_record(task: dict) -> dict | None:
+    """The record a finished run saved (``record.json`` in its folder) if its key matches this task's, else None."""
+    path = run_dir(task["settings"], task["method"], task["seed"], task["overrides"]) / "record.json"
+    if not path.is_file():
+        return None
+    try:
+        saved = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return None  # a run killed while writing: train it again
+    key = run_key(task["method"], task["seed"], task["overrides"], task["settings"])
+    key = json.loads(json.dumps(key, default=str))  # as saved: tuples become lists
+    return saved["record"] if saved.get("key") == key else None
+
+
+def train_and_save(task: dict, progress=None) -> dict:
+    """Train one run and save its record beside its checkpoints, so an interrupted demo resumes from the runs that
+    finished (the long tuning and published runs take hours on a laptop)."""
+    record = run_method(**task, progress=progress)
+    record["git_commit"] = provenance_commit()
+    key = run_key(task["method"], task["seed"], task["overrides"], task["settings"])
+    path = run_dir(task["settings"], task["method"], task["seed"], task["overrides"]) / "record.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps({"key": key, "record": record}, default=str))
+    tmp.replace(path)  # atomic: a record is whole or absent
+    return record
+
+
 def _worker_init(queue) -> None:
     global _PROGRESS
     torch.set_num_threads(1)
@@ -173,7 +222,7 @@ def _run_in_worker(task: dict) -> dict:
         if _PROGRESS is not None:
             _PROGRESS.put(n)
 
-    return run_method(**task, progress=progress)
+    return train_and_save(task, progress=progress)
 
 
 # ---------------------------------------------------------------- the whole demo
@@ -203,18 +252,24 @@ def run(settings: DemoSettings, log=print) -> dict:
          "train_rows": rows_for(settings.with_overrides(ov).expert)}
         for m, seed, ov in runs
     ]  # fmt: skip
-    total = sum(settings.with_overrides(ov).steps for _, _, ov in runs)
-    log(f"training {len(runs)} runs × {settings.steps} steps on {workers} process(es)")
+    saved = [saved_record(t) for t in tasks]
+    todo = [t for t, r in zip(tasks, saved, strict=True) if r is None]
+    if len(todo) < len(tasks):
+        log(f"reusing {len(tasks) - len(todo)} finished run(s) saved in {out / 'runs'} (same settings and version)")
+    total = sum(t["settings"].with_overrides(t["overrides"]).steps for t in todo)
+    log(f"training {len(todo)} runs × {settings.steps} steps on {min(workers, max(1, len(todo)))} process(es)")
     with tqdm(total=total, desc="training", unit="step") as bar:
-        if workers == 1:
-            records = [run_method(**t, progress=bar.update) for t in tasks]
+        if workers == 1 or len(todo) <= 1:
+            trained = [train_and_save(t, progress=bar.update) for t in todo]
         else:
-            records = _run_parallel(tasks, workers, bar)
+            trained = _run_parallel(todo, workers, bar)
+    fresh = iter(trained)
+    records = [r if r is not None else next(fresh) for r in saved]
     for record in records:
         record["collapsed"] = collapsed(record["final"], base_eval)
     results = {
         "settings": published_settings(settings),
-        "provenance": provenance(settings),
+        "provenance": provenance(settings) | {"run_commits": sorted({str(r.get("git_commit")) for r in records})},
         "hard_tiers": list(HARD_TIERS),
         "eval_problems": [{"prompt": r["prompt"], "tier": r["tier"]} for r in rows],
         "base": base_eval,
@@ -240,27 +295,33 @@ def published_settings(settings: DemoSettings) -> dict:
     return values
 
 
+def _git(*args: str) -> str | None:
+    import subprocess
+
+    try:
+        done = subprocess.run(["git", *args], capture_output=True, text=True, timeout=10, cwd=Path(__file__).parent)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return done.stdout.strip() if done.returncode == 0 else None
+
+
+def provenance_commit() -> str | None:
+    """The git commit of trapo's checkout, or None outside one (an installed wheel)."""
+    return _git("rev-parse", "HEAD")
+
+
 def provenance(settings: DemoSettings) -> dict:
     """What produced a run: the git commit (and whether the tree had changes), the library versions, the base model's
     cache key."""
-    import subprocess
-
     import transformers
     import trl
 
     import trapo
 
-    def git(*args: str) -> str | None:
-        try:
-            done = subprocess.run(["git", *args], capture_output=True, text=True, timeout=10, cwd=Path(__file__).parent)
-        except (OSError, subprocess.TimeoutExpired):
-            return None
-        return done.stdout.strip() if done.returncode == 0 else None
-
-    commit = git("rev-parse", "HEAD")
+    commit = provenance_commit()
     return {
         "git_commit": commit,
-        "git_dirty": bool(git("status", "--porcelain", "--untracked-files=no")) if commit else None,
+        "git_dirty": bool(_git("status", "--porcelain", "--untracked-files=no")) if commit else None,
         "versions": {"trapo": trapo.__version__, "torch": torch.__version__, "transformers": transformers.__version__,
                      "trl": trl.__version__},
         "base_model_key": settings.base.key(),
