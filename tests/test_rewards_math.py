@@ -240,3 +240,26 @@ def test_think_format_reward_needs_a_closed_think_block():
     assert reward(completions, answer="5") == [1.0, 0.0, 0.0, 1.0]
     plain = MathReward(num_workers=0)
     assert plain(completions, answer="5") == [1.0, 1.0, 0.0, 1.0]  # the default reward has no format check
+
+
+def test_the_released_rewards_read_the_whole_text_so_several_boxes_count():
+    """TRAPO's v4 and LUFFY's v3 rewards parse the whole text with Math-Verify's own extraction: an answer given in
+    two boxes is right for "2, 3", where `math` reads the last box only."""
+    from trapo.rewards import REWARDS
+    from trapo.rewards.math import math_released_reward, math_think_released_reward
+
+    whole = MathReward(num_workers=0, grading="whole")
+    completions = ["x is \\boxed{2} and y is \\boxed{3}", "The answer is 5.", "no answer here"]
+    answers = ["2, 3", "5", "5"]
+    assert whole(completions, answer=answers) == [1.0, 1.0, 0.0]
+    assert MathReward(num_workers=0)(completions, answer=answers) == [0.0, 1.0, 0.0]  # the last box; no box: the tail
+    think = MathReward(num_workers=0, grading="whole", require_think_close=True)
+    assert think(["<think>\\boxed{7}</think> \\boxed{2} and \\boxed{3}", "\\boxed{2} and \\boxed{3}"], "2, 3") == [
+        1.0,
+        0.0,  # no </think>: wrong, as v3
+    ]
+    assert REWARDS["math_released"].endswith(":math_released_reward") and math_released_reward.grading == "whole"
+    assert REWARDS["math_think_released"].endswith(":math_think_released_reward")
+    assert math_think_released_reward.require_think_close
+    with pytest.raises(ValueError, match="grading must be one of"):
+        MathReward(grading="oat")

@@ -268,7 +268,7 @@ def test_the_luffy_baseline_trains_on_its_own_trace_data_and_reward(tmp_path):
     assert args.method == "luffy" and args.prefix_loss == "luffy" and args.prefix_weight == "advantage"
     assert args.second_trace_for_full is False  # its own (first) trace, not the second 220k one
     assert args.expert_column == "expert_full" and args.scale_rewards == "none"
-    assert plan.script.reward == "math_think" and plan.script.prompt_style == "dataset"
+    assert plan.script.reward == "math_think_released" and plan.script.prompt_style == "dataset"
     assert plan.script.chat_template_file.endswith("qwen_think.jinja")
 
 
@@ -298,7 +298,7 @@ def test_the_relift_config_takes_its_sft_steps_as_released(tmp_path):
     assert args.relift and args.relift_batch is None  # = a rollout batch's prompts, 128 on 8 GPUs
     assert (args.relift_learning_rate, args.relift_entropy_coef, args.relift_max_grad_norm) == (1e-6, 0.001, 1.0)
     assert args.num_generations == 8 and args.prefix_loss == "none" and args.expert_column == "expert_full"
-    assert plan.script.reward == "math_think"
+    assert plan.script.reward == "math_think_released"
 
 
 def test_the_sft_baseline_uses_the_openrlhf_optimiser_luffy_cites(tmp_path):

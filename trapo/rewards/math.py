@@ -44,7 +44,7 @@ logger = logging.getLogger("trapo.rewards")
 
 _STATS: Counter = Counter()  # "scored", "correct", "timeouts", "parse_failures", "errors", summed over all instances
 _WARN_EVERY_S = 60.0
-GRADINGS = ("trapo", "released")  # docs/method.md, "Evaluation"
+GRADINGS = ("trapo", "whole", "released")  # docs/method.md, "Evaluation"
 
 
 def reward_stats(reset: bool = False) -> dict[str, int]:
@@ -67,9 +67,10 @@ class MathReward:
         name: ``__name__`` shown by TRL in its logs (``rewards/<name>/mean``).
         require_think_close: LUFFY's reward (its ``reward_impl_version=3``): a completion without ``</think>`` scores
             0, and only the text after the first ``</think>`` is checked, so the answer must follow the reasoning.
-        grading: ``"trapo"``: Math-Verify on the last ``\\boxed{}`` (else the text's tail); ``"released"``: the
-            released evaluation script's grading, Math-Verify on the whole text, then the OAT grader
-            (`trapo.eval.oat_grader`) when it says wrong.
+        grading: ``"trapo"``: Math-Verify on the last ``\\boxed{}`` (else the text's tail); ``"whole"``: the
+            released training reward, Math-Verify's own extraction on the whole text (several boxes count: "\\boxed{2}
+            and \\boxed{3}" is right for "2, 3"); ``"released"``: the released evaluation script's grading, that, then
+            the OAT grader (`trapo.eval.oat_grader`) when it says wrong.
     """
 
     def __init__(
@@ -116,8 +117,8 @@ class MathReward:
         formatted = [not self.require_think_close or THINK_CLOSE in t for t in texts]
         if self.require_think_close:
             texts = [t.split(THINK_CLOSE)[1] if ok else t for t, ok in zip(texts, formatted, strict=True)]
-        if self.grading == "released":
-            requests = [[None if a is None else str(a).strip(), t, self.timeout, "released"]
+        if self.grading != "trapo":
+            requests = [[None if a is None else str(a).strip(), t, self.timeout, self.grading]
                         for t, a, ok in zip(texts, answers, formatted, strict=True) if ok]  # fmt: skip
         else:
             requests = [
@@ -161,3 +162,6 @@ class MathReward:
 
 math_reward = MathReward()
 math_think_reward = MathReward(name="math_think_reward", require_think_close=True)  # LUFFY's reward
+# The released training rewards exactly: Math-Verify on the whole text (TRAPO's v4), after "</think>" (LUFFY's v3).
+math_released_reward = MathReward(name="math_released_reward", grading="whole")
+math_think_released_reward = MathReward(name="math_think_released_reward", require_think_close=True, grading="whole")

@@ -126,26 +126,36 @@ def _parse_gold(text: str):
     return parse(text, parsing_timeout=None)  # G samples share a gold answer: parse it once per worker
 
 
-def _released_verdict(gold: str, text: str) -> tuple[float, str]:
-    """The released evaluation's verdict on a solution text: Math-Verify with its default extraction on the whole
-    text (so several boxes, "the answer is", a bare final expression all count) against ``$gold$``; when that says
-    wrong, the OAT grader (`trapo.eval.oat_grader.boxed_reward`)."""
+def _whole_text_verdict(gold: str, text: str) -> tuple[float, str]:
+    """Math-Verify with its default extraction on the whole text (so several boxes, "the answer is", a bare final
+    expression all count) against ``$gold$``: the released training reward (TRAPO's ``reward_impl_version`` 4,
+    LUFFY's 3 after its ``</think>``, `trapo_src/math_verify_reward.py`)."""
     from math_verify import parse, verify
 
+    gold_parsed = parse("$" + gold + "$", parsing_timeout=None)
+    pred_parsed = parse(text, parsing_timeout=None) if gold_parsed else []
+    if not gold_parsed or not pred_parsed:
+        return 0.0, "parse_failure"
+    return (1.0 if verify(gold_parsed, pred_parsed, timeout_seconds=None) else 0.0), "ok"
+
+
+def _released_verdict(gold: str, text: str) -> tuple[float, str]:
+    """The released evaluation's verdict on a solution text: `_whole_text_verdict`; when that says wrong, the OAT
+    grader (`trapo.eval.oat_grader.boxed_reward`)."""
     from trapo.eval.oat_grader import boxed_reward
 
-    gold_parsed = parse("$" + gold + "$", parsing_timeout=None)
-    pred_parsed = parse(text, parsing_timeout=None)
-    if gold_parsed and pred_parsed and verify(gold_parsed, pred_parsed, timeout_seconds=None):
-        return 1.0, "ok"
+    score, status = _whole_text_verdict(gold, text)
+    if score:
+        return score, status
     return (1.0 if boxed_reward(text, gold) else 0.0), "ok"
 
 
 def score_one(gold: str | None, pred: str, timeout: float, grading: str = "trapo") -> tuple[float, str]:
     """(score, status) for one completion, status in ok | parse_failure | timeout | error. Never raises.
 
-    ``grading="trapo"``: Math-Verify on ``pred`` (the last box) against ``gold`` (`gold_text`); ``"released"``: the
-    released evaluation (`_released_verdict`) on the whole solution text ``pred`` against the raw answer ``gold``.
+    ``grading="trapo"``: Math-Verify on ``pred`` (the last box) against ``gold`` (`gold_text`); ``"whole"``: the
+    released training reward (`_whole_text_verdict`) and ``"released"``: the released evaluation
+    (`_released_verdict`), both on the whole solution text ``pred`` against the raw answer ``gold``.
 
     The alarm covers gold parse + prediction parse + verify together (Math-Verify's own timeouts apply to each
     comparison separately, and are turned off here because their ``signal.alarm(0)`` would cancel this alarm). Only
@@ -159,8 +169,10 @@ def score_one(gold: str | None, pred: str, timeout: float, grading: str = "trapo
         if use_alarm:
             previous = signal.signal(signal.SIGALRM, _raise_timeout)
             signal.setitimer(signal.ITIMER_REAL, timeout)
-        if grading == "released":
-            return _released_verdict(gold, pred) if gold else (0.0, "parse_failure")
+        if grading in ("released", "whole"):
+            if not gold:
+                return 0.0, "parse_failure"
+            return _released_verdict(gold, pred) if grading == "released" else _whole_text_verdict(gold, pred)
         gold_parsed = _parse_gold(gold) if gold else []
         pred_parsed = parse(pred, parsing_timeout=None) if gold_parsed else []
         if not gold_parsed or not pred_parsed:
