@@ -10,7 +10,7 @@ import sys
 import pytest
 
 from trapo.commands.demo import parse_sweeps
-from trapo.demo import DemoSettings
+from trapo.demo import DEMO_METHODS, DemoSettings
 from trapo.demo.report import format_table, paired_difference, summarize
 
 
@@ -89,6 +89,10 @@ def test_expert_and_seed_flags_reach_the_settings():
     add_arguments(parser)
     default = settings_from_args(parser.parse_args([]))
     assert default.expert == Expert(DemoSettings.expert_order, DemoSettings.expert_deviation)
+    # `make demo`: the paper's rows and fixed-prefix; `all` and the tuning: every method, controls included.
+    assert default.methods == ("trapo", "grpo", "fixed-prefix", "luffy", "relift", "sft", "sft-then-grpo")
+    assert settings_from_args(parser.parse_args(["--methods", "all"])).methods == DEMO_METHODS
+    assert settings_from_args(parser.parse_args(["--tune"])).methods == DEMO_METHODS
     assert settings_from_args(parser.parse_args(["--expert-order", "right"])).expert_order == "right"
     flags = ["--expert-deviation", "0.3", "--seeds", "2", "--first-seed", "3", "--methods", "sft"]
     settings = settings_from_args(parser.parse_args(flags))

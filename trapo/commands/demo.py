@@ -5,7 +5,14 @@ from __future__ import annotations
 import argparse
 
 from trapo.commands import positive_int
-from trapo.demo.settings import DEMO_METHODS, RUN_SWEEPABLE, TASK_SWEEPABLE, TRAPO_SWEEPABLE, DemoSettings
+from trapo.demo.settings import (
+    DEMO_METHODS,
+    HEADLINE_METHODS,
+    RUN_SWEEPABLE,
+    TASK_SWEEPABLE,
+    TRAPO_SWEEPABLE,
+    DemoSettings,
+)
 from trapo.tasks.chains import ORDERS
 
 HELP = "train a tiny model on the built-in task with TRAPO and the baselines (CPU, no downloads)"
@@ -18,7 +25,13 @@ DESCRIPTION = (
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "--methods", default=",".join(DEMO_METHODS), help="comma-separated subset of " + ", ".join(DEMO_METHODS)
+        "--methods",
+        default=None,
+        help="comma-separated subset of "
+        + ", ".join(DEMO_METHODS)
+        + ", or 'all' (default: "
+        + ",".join(HEADLINE_METHODS)
+        + "; with --tune: all)",
     )
     parser.add_argument("--seeds", type=positive_int, default=1, help="seeds per method; the table shows mean ± std")
     parser.add_argument(
@@ -101,8 +114,14 @@ def parse_sweeps(items: list[str]) -> dict[str, tuple[float, ...]] | None:
 
 
 def settings_from_args(args: argparse.Namespace) -> DemoSettings:
+    if args.methods is None:
+        methods = DEMO_METHODS if args.tune else HEADLINE_METHODS
+    elif args.methods.strip() == "all":
+        methods = DEMO_METHODS
+    else:
+        methods = tuple(m.strip() for m in args.methods.split(",") if m.strip())
     overrides = {
-        "methods": tuple(m.strip() for m in args.methods.split(",") if m.strip()),
+        "methods": methods,
         "seeds": args.seeds,
         "first_seed": args.first_seed,
         "output_dir": args.output_dir,
