@@ -95,14 +95,15 @@ def test_regime_report_and_criterion(tokenizer):
 
 
 @pytest.mark.slow
-def test_the_demo_base_fails_hard_tiers_alone_and_solves_them_with_half_the_expert_trace(tmp_path):
-    """The premise of `trapo demo`, checked on held-out problems the base builder never looked at."""
+def test_the_demo_base_fails_hard_tiers_alone_and_solves_them_with_half_the_expert_trace():
+    """The premise of `trapo demo`, checked on held-out problems the base builder never looked at, on the base the
+    demo and the vLLM lane use: built into the shared cache ($TRAPO_CACHE) when absent, so CI builds it once."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from trapo.tasks.base import BaseSpec, base_model_path, base_record
 
     torch.set_num_threads(1)
-    path = base_model_path(BaseSpec(), cache_dir=str(tmp_path), log=lambda message: None)
+    path = base_model_path(BaseSpec(), log=lambda message: None)
     assert base_record(path)["in_regime"]
     model, tok = AutoModelForCausalLM.from_pretrained(path), AutoTokenizer.from_pretrained(path)
     assert guided_pass_at_k(model, tok, make_problems(16, (min(WARM_TIERS),), "eval"), 0.0)["pass"] >= 0.3
