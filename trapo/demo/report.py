@@ -314,7 +314,8 @@ def _plot_guidance(plt, results: dict, path: Path) -> Path:
     for ax in (share_ax, success_ax):
         ax.set_xlabel("optimizer step")
         ax.set_ylim(-0.03, 1.03)
-        ax.legend(fontsize=7)
+        if ax.get_legend_handles_labels()[0]:  # no TRAPO run (e.g. only SFT→RL): an empty panel, no legend
+            ax.legend(fontsize=7)
     fig.suptitle("TRAPO's guidance over training (mean over seeds, 5-step moving average; all tiers)", fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
