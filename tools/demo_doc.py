@@ -59,6 +59,8 @@ SECTIONS = {
     "tuning": tuning_section,
     "published": lambda: results_section("published"),
     "structured": lambda: results_section("structured"),
+    "adaptive": lambda: results_section("adaptive"),
+    "temperature": lambda: results_section("temperature"),
 }
 PATTERN = re.compile(r"(<!-- demo:(\w+):begin -->\n)(.*?)(<!-- demo:\2:end -->)", re.DOTALL)
 

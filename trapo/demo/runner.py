@@ -194,8 +194,11 @@ def saved_record(task: dict) -> dict | None:
 def train_and_save(task: dict, progress=None) -> dict:
     """Train one run and save its record beside its checkpoints, so an interrupted demo resumes from the runs that
     finished (the long tuning and published runs take hours on a laptop)."""
+    task = dict(task)
+    # The checkout's state when the demo started (the code this run executes), else now.
+    code = task.pop("code", None) or {"git_commit": provenance_commit(), "git_dirty": None}
     record = run_method(**task, progress=progress)
-    record["git_commit"] = provenance_commit()
+    record["git_commit"], record["git_dirty"] = code["git_commit"], code["git_dirty"]
     key = run_key(task["method"], task["seed"], task["overrides"], task["settings"])
     path = run_dir(task["settings"], task["method"], task["seed"], task["overrides"]) / "record.json"
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -252,6 +255,9 @@ def run(settings: DemoSettings, log=print) -> dict:
          "train_rows": rows_for(settings.with_overrides(ov).expert)}
         for m, seed, ov in runs
     ]  # fmt: skip
+    code = provenance(settings)  # read at the start: the code this process and its workers run
+    for task in tasks:
+        task["code"] = {k: code[k] for k in ("git_commit", "git_dirty")}
     saved = [saved_record(t) for t in tasks]
     todo = [t for t, r in zip(tasks, saved, strict=True) if r is None]
     if len(todo) < len(tasks):
@@ -269,7 +275,7 @@ def run(settings: DemoSettings, log=print) -> dict:
         record["collapsed"] = collapsed(record["final"], base_eval)
     results = {
         "settings": published_settings(settings),
-        "provenance": provenance(settings) | {"run_commits": sorted({str(r.get("git_commit")) for r in records})},
+        "provenance": code | {"run_commits": sorted({str(r.get("git_commit")) for r in records})},
         "hard_tiers": list(HARD_TIERS),
         "eval_problems": [{"prompt": r["prompt"], "tier": r["tier"]} for r in rows],
         "base": base_eval,
