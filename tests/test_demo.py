@@ -280,6 +280,14 @@ def test_each_method_trains_at_its_tuned_learning_rate_unless_one_is_given(tmp_p
         args = configs.get("rl_args") or configs["sft_args"]
         assert args.learning_rate == TUNED[method]["learning_rate"]
         assert method_args(method, 0, DemoSettings(learning_rate=5e-5), tmp_path).popitem()[1].learning_rate == 5e-5
+    # SFT→RL: its SFT phase at its tuned rate, its RL phase at its own tuned rate and warm-up
+    configs = method_args("sft-then-grpo", 0, DemoSettings(), tmp_path)
+    tuned = TUNED["sft-then-grpo"]
+    assert configs["sft_args"].learning_rate == tuned["learning_rate"]
+    assert (configs["rl_args"].learning_rate, configs["rl_args"].warmup_steps) == (
+        tuned["rl_learning_rate"],
+        tuned["rl_warmup_steps"],
+    )
 
 
 def test_a_sweep_can_target_named_methods_and_a_longer_run_keeps_its_number_of_evaluations():

@@ -25,8 +25,20 @@ SWEEPABLE = TRAPO_SWEEPABLE + TASK_SWEEPABLE + RUN_SWEEPABLE
 INTEGER_SETTINGS = ("rl_warmup_steps", "steps", "prompts_per_step")
 EVAL_SPLITS = ("valid", "test")
 # Each method's learning rate (and sft-then-grpo's RL phase's), chosen on the validation split by the tuning run:
-# `trapo demo --tune` writes docs/demo/tuning.json, and tests/test_demo.py checks these are its choices.
-TUNED: dict[str, dict] = {m: {"learning_rate": 3e-4} for m in METHODS}
+# `trapo demo --tune` wrote docs/demo/tuning.json, and tests/test_demo_doc.py checks these are its choices.
+TUNED: dict[str, dict] = {
+    "trapo": {"learning_rate": 1e-4},
+    "grpo": {"learning_rate": 1e-4},
+    "fixed-prefix": {"learning_rate": 1e-4},
+    "context-only": {"learning_rate": 3e-5},
+    "naive-sft": {"learning_rate": 3e-4},
+    "luffy": {"learning_rate": 1e-4},
+    "imitation-only": {"learning_rate": 1e-4},
+    "relift": {"learning_rate": 1e-4},
+    "sft": {"learning_rate": 1e-4},
+    "sft-trsft": {"learning_rate": 1e-4},
+    "sft-then-grpo": {"learning_rate": 1e-4, "rl_learning_rate": 3e-5, "rl_warmup_steps": 0},
+}
 
 
 @dataclass
@@ -136,14 +148,15 @@ class DemoSettings:
 
     def rl_phase(self, method: str) -> tuple[float, int]:
         """Learning rate and warm-up of an RL phase that follows an SFT phase (sft-then-grpo): ``rl_learning_rate``
-        and ``rl_warmup_steps`` when set; else, with one ``learning_rate`` for every method, that one and
-        ``warmup_steps``; else the method's tuned ones."""
-        tuned = TUNED.get(method, {}) if self.learning_rate is None else {}
-        lr = self.rl_learning_rate or tuned.get("rl_learning_rate") or self.learning_rate_for(method)
+        and ``rl_warmup_steps`` when set. Otherwise the rate: with one ``learning_rate`` for every method, that one,
+        else the method's tuned one; the warm-up: a ``warmup_steps`` asked for (> 0: every phase warms up), else the
+        tuned one."""
+        tuned = TUNED.get(method, {})
+        lr = self.rl_learning_rate or (None if self.learning_rate is not None else tuned.get("rl_learning_rate"))
         warmup = self.rl_warmup_steps
         if warmup is None:
-            warmup = tuned.get("rl_warmup_steps", self.warmup_steps)
-        return lr, int(warmup)
+            warmup = self.warmup_steps or tuned.get("rl_warmup_steps", 0)
+        return lr or self.learning_rate_for(method), int(warmup)
 
     @classmethod
     def quick(cls, **overrides) -> DemoSettings:
