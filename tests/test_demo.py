@@ -336,6 +336,9 @@ def test_the_differences_table_shows_intervals_when_runs_have_per_problem_result
         runs.append(record("sft", seed, sum(b) / 4) | {"problems": {"greedy": b}})
     table = format_differences({"runs": runs, "hard_tiers": [6], "eval_problems": problems, "settings": {}})
     assert "| sft | +0.500 [" in table and "(ahead on 2 of 2 seeds)" in table
+    # one seed: resampling problems alone says nothing of the seed-to-seed noise, so no interval and no star
+    one = format_differences({"runs": runs[:2], "hard_tiers": [6], "eval_problems": problems, "settings": {}})
+    assert "| sft | +0.500 (1 seed: no interval) |" in one and "*" not in one
 
 
 def test_the_report_shows_the_budget_the_stage_firing_rates_and_a_key():
@@ -345,6 +348,9 @@ def test_the_report_shows_the_budget_the_stage_firing_rates_and_a_key():
     runs[0] |= {"guidance": [{"step": 1, "guided_frac/stage2": 0.5, "guided_frac/stage3": 0.25},
                              {"step": 2, "guided_frac/stage2": 0.0, "guided_frac/stage3": 0.25}]}  # fmt: skip
     runs[1] |= {"guidance": [{"step": 1, "guided_frac/stage2": 1.0, "guided_frac/stage3": 0.25}]}
+    # LUFFY's schedule is 7 samples + the full trace: its "stage 2" is not TRAPO's 25% prefix, so it has no row
+    luffy = record("luffy", 0, 0.4) | {"guidance": [{"step": 1, "guided_frac/stage2": 1.0}]}
+    assert "luffy" not in format_guidance({"runs": [*runs, luffy]})
     for r, flops in zip(runs, (1e12, 3e12, 1e11), strict=True):
         r["budget"] = {"generated_tokens": 10, "trained_tokens": 20, "expert_tokens": 5, "flops": flops,
                        "wall_seconds": 2.0}  # fmt: skip

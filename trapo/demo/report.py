@@ -75,6 +75,8 @@ def format_differences(results: dict, reference: str = "trapo") -> str | None:
 
 
 def _interval_cell(interval: dict) -> str:
+    if interval["seeds"] < 2:  # the interval covers the problems only: it says nothing of seed-to-seed noise
+        return f"{interval['mean']:+.3f} (1 seed: no interval)"
     mark = " *" if interval["excludes_zero"] else ""
     return (
         f"{interval['mean']:+.3f} [{interval['low']:+.3f}, {interval['high']:+.3f}]{mark} "
@@ -176,9 +178,11 @@ def stage_firing_rates(runs: list[dict]) -> dict[int, float]:
 
 
 def format_guidance(results: dict) -> str | None:
-    """Per guided method (each sweep value its own row), each stage's firing rate (`stage_firing_rates`)."""
+    """Per method on TRAPO's stages (each sweep value its own row), each stage's firing rate (`stage_firing_rates`).
+    LUFFY's schedule has other stages (7 samples, then the full trace) and is left out: its guided share is in the
+    main table."""
     rows = []
-    for method in dict.fromkeys(r["method"] for r in results["runs"]):
+    for method in dict.fromkeys(r["method"] for r in results["runs"] if _on_paper_stages(_base_method(r))):
         rates = stage_firing_rates([r for r in results["runs"] if r["method"] == method])
         if rates:
             rows.append(f"| {method} | " + " | ".join(f"{rates.get(s, 0.0):.0%}" for s in STAGE_LABELS) + " |")
@@ -378,6 +382,17 @@ def _sweep_series(results: dict, key: str, method: str, metric: str) -> tuple[li
         points += [(default, r) for r in results["runs"] if r["method"] == method and not r.get("overrides")]
     values = sorted({v for v, _ in points})
     return values, [_mean_std([r["final"][metric] for v2, r in points if v2 == v]) for v in values]
+
+
+def _on_paper_stages(method: str) -> bool:
+    from trapo.core.schedule import PAPER_SCHEDULE
+    from trapo.recipes import METHODS
+
+    def stages(schedule) -> list[tuple[int, float]]:
+        return [(g.n, g.prefix_ratio) for g in schedule or ()]
+
+    spec = METHODS.get(method)
+    return bool(spec and spec.rl and stages(spec.rl.get("schedule")) == stages(PAPER_SCHEDULE))
 
 
 def _base_method(record: dict) -> str:
