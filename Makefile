@@ -25,7 +25,7 @@ lint: setup
 
 # Everything, slow tests included, on two worker processes (one torch thread each).
 test: lint
-	$(BIN)/python -m pytest -q -m "" -n 2 --dist worksteal
+	$(BIN)/python -m pytest -q -m "" -n 2 --dist worksteal --durations=12
 
 test-fast: setup
 	$(BIN)/python -m pytest -q
