@@ -22,7 +22,8 @@ import torch
 from tqdm.auto import tqdm
 
 from trapo.demo.evaluation import EvalCallback, eval_rows, evaluate, evaluate_sampled
-from trapo.demo.report import collapsed, format_results, plot, summarize
+from trapo.demo.plots import plot
+from trapo.demo.report import collapsed, format_results, summarize
 from trapo.demo.settings import TRAPO_SWEEPABLE, DemoSettings
 from trapo.tasks.base import base_model_path, base_record
 from trapo.tasks.chains import HARD_TIERS, TRAIN_TIERS, chain_reward, make_problems, to_rows
