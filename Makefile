@@ -7,7 +7,7 @@ STAMP := $(VENV)/.trapo-installed
 VLLM_VENV ?= .venv-vllm
 VLLM_STAMP := $(VLLM_VENV)/.trapo-installed
 
-.PHONY: setup test test-fast test-vllm setup-vllm lint demo demo-quick clean layout
+.PHONY: setup test test-demo-base test-fast test-vllm setup-vllm lint demo demo-quick clean layout
 
 setup: $(STAMP)
 
@@ -23,9 +23,13 @@ lint: setup
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
-# Everything, slow tests included, on two worker processes (one torch thread each).
+# Everything, slow tests included, on two worker processes (one torch thread each), except the demo base's build
+# and regime check: `test-demo-base` runs it alone, on every thread, and CI runs both.
 test: lint
-	$(BIN)/python -m pytest -q -m "" -n 2 --dist worksteal --durations=12
+	$(BIN)/python -m pytest -q -m "not demo_base" -n 2 --dist worksteal --durations=12
+
+test-demo-base: setup
+	$(BIN)/python -m pytest -q -m demo_base
 
 test-fast: setup
 	$(BIN)/python -m pytest -q

@@ -95,14 +95,17 @@ def test_regime_report_and_criterion(tokenizer):
 
 
 @pytest.mark.slow
+@pytest.mark.demo_base
 def test_the_demo_base_fails_hard_tiers_alone_and_solves_them_with_half_the_expert_trace():
     """The premise of `trapo demo`, checked on held-out problems the base builder never looked at, on the base the
-    demo and the vLLM lane use: built into the shared cache ($TRAPO_CACHE) when absent, so CI builds it once."""
+    demo and the vLLM lane use: built into the shared cache ($TRAPO_CACHE) when absent, so CI builds it once.
+
+    Its own lane (`make test-demo-base`, every CI run): the build is the one piece of work that cannot be shared
+    between `make test`'s two workers, and on one thread beside them it alone took 160 of that suite's 270 s."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from trapo.tasks.base import BaseSpec, base_model_path, base_record
 
-    torch.set_num_threads(1)
     path = base_model_path(BaseSpec(), log=lambda message: None)
     assert base_record(path)["in_regime"]
     model, tok = AutoModelForCausalLM.from_pretrained(path), AutoTokenizer.from_pretrained(path)
