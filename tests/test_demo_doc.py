@@ -49,3 +49,42 @@ def test_the_demo_defaults_are_the_tuning_records_choices():
     record = json.loads((ROOT / "docs" / "demo" / "tuning.json").read_text())
     assert TUNED == record["chosen"]
     assert set(TUNED) == set(METHODS)  # every method was tuned
+
+
+def _synthetic_results(margins: dict[str, float], problems: int = 40, stage4: float = 0.9) -> dict:
+    """A results file of 4 seeds: trapo right on every hard problem, each other method right on a share 1 − margin
+    of them (the same problems on every seed, so the interval is the problems' noise)."""
+    runs = [{"method": "trapo", "seed": s, "problems": {"greedy": [1] * problems},
+             "guidance": [{"guided_frac/stage4": stage4}]} for s in range(4)]  # fmt: skip
+    for method, margin in margins.items():
+        wrong = round(margin * problems)
+        right = [0] * wrong + [1] * (problems - wrong) if margin >= 0 else [1] * problems
+        runs += [{"method": method, "seed": s, "problems": {"greedy": right}} for s in range(4)]
+    return {"hard_tiers": [6], "eval_problems": [{"tier": 6}] * problems, "runs": runs}
+
+
+def test_the_verdict_reads_the_committed_predictions_and_says_which_held(tmp_path, monkeypatch):
+    tool = demo_doc()
+    prediction = "# p\n\n## Predictions\n\n| comparison | predicted sign | interval excludes 0? | why |\n"
+    prediction += "|---|---|---|---|\n"
+    prediction += "| A: TRAPO − grpo | + | yes | x |\n| A: TRAPO − sft | + | no | x |\n"
+    prediction += "| A: TRAPO − fixed-prefix | + | no | x |\n| C: TRAPO's stage-4 firing rate | below A's | — | x |\n"
+    (tmp_path / "prediction.md").write_text(prediction)
+    for name, margins, stage4 in (("published", {"grpo": 0.5, "sft": 0.5, "fixed-prefix": 0.0}, 0.9),
+                                  ("adaptive", {}, 0.6)):  # fmt: skip
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "results.json").write_text(json.dumps(_synthetic_results(margins, stage4=stage4)))
+    monkeypatch.setattr(tool, "DATA", tmp_path)
+    rows = {line.split(" | ")[0][2:]: line for line in tool.verdict_section().splitlines()[2:]}
+    assert rows["A: TRAPO − grpo"].endswith("| yes | yes |")  # +0.5, interval above 0: both held
+    assert "+0.500" in rows["A: TRAPO − grpo"] and "ahead on 4 of 4 seeds" in rows["A: TRAPO − grpo"]
+    assert rows["A: TRAPO − sft"].endswith("| yes | **no** |")  # predicted to include 0; it excludes it
+    assert rows["A: TRAPO − fixed-prefix"].endswith("| **no** | yes |")  # level: the sign did not hold
+    assert "60% at T = 0.5 against 90% in A | yes |" in rows["C: TRAPO's stage-4 firing rate"]
+
+
+def test_every_committed_prediction_names_a_stored_run_and_method():
+    tool = demo_doc()
+    rows = tool.predictions()
+    assert len(rows) == 18 and {comparison for comparison, _, _ in rows} == set(tool.COMPARISONS)
+    assert all(sign in ("+", "−", "below A's") for _, sign, _ in rows)

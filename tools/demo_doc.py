@@ -55,8 +55,81 @@ def tuning_section() -> str:
     return "\n".join(lines)
 
 
+# Each comparison of docs/demo/prediction.md's table (its first cell, as committed) and what measures it: the stored
+# run and the method TRAPO is compared with, or "stage 4" for the firing-rate row. The predicted sign and interval
+# are read from the committed page itself, so they cannot be retyped here.
+COMPARISONS = {
+    "A: TRAPO − grpo": ("published", "grpo"),
+    "A: TRAPO − context-only": ("published", "context-only"),
+    "A: TRAPO − luffy": ("published", "luffy"),
+    "A: TRAPO − relift": ("published", "relift"),
+    "A: TRAPO − sft-then-grpo": ("published", "sft-then-grpo"),
+    "A: TRAPO − naive-sft": ("published", "naive-sft"),
+    "A: TRAPO − imitation-only": ("published", "imitation-only"),
+    "A: TRAPO − fixed-prefix": ("published", "fixed-prefix"),
+    "A: TRAPO − sft": ("published", "sft"),
+    "A: TRAPO − sft-trsft": ("published", "sft-trsft"),
+    "A: TRAPO − sft at TRAPO's expert tokens": ("published", "sft prompts_per_step=13"),
+    "A: TRAPO − sft at TRAPO's FLOPs": ("published", "sft steps=423"),
+    "B (structured expert): TRAPO − sft": ("structured", "sft"),
+    "B: TRAPO − naive-sft": ("structured", "naive-sft"),
+    "B: TRAPO − sft-trsft": ("structured", "sft-trsft"),
+    "B: TRAPO − fixed-prefix": ("structured", "fixed-prefix"),
+    "C (T = 0.5): TRAPO − fixed-prefix": ("adaptive", "fixed-prefix"),
+    "C: TRAPO's stage-4 firing rate": ("adaptive", "stage 4"),
+}
+
+
+def predictions() -> list[tuple[str, str, str]]:
+    """(comparison, predicted sign, predicted "interval excludes 0?") for every row of prediction.md's table."""
+    text = (DATA / "prediction.md").read_text().split("## Predictions", 1)[1]
+    rows = []
+    for line in text.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if line.startswith("|") and len(cells) >= 3 and cells[0] not in ("comparison", "---"):
+            rows.append((cells[0], cells[1], cells[2]))
+    return rows
+
+
+def verdict_section() -> str:
+    """Every pre-registered comparison beside what the run measured, and whether the sign and the interval
+    prediction held."""
+    sys.path.insert(0, str(ROOT))
+    from trapo.demo.report import stage_firing_rates
+    from trapo.demo.stats import paired_bootstrap
+
+    lines = ["| comparison | predicted | measured: mean [95% interval] | sign held | interval held |",
+             "|---|---|---|---|---|"]  # fmt: skip
+    for comparison, sign, excludes in predictions():
+        run, other = COMPARISONS[comparison]
+        results = _results(run)
+        if other == "stage 4":
+            rates = {}
+            for name in ("adaptive", "published"):
+                trapo = [r for r in _results(name)["runs"] if r["method"] == "trapo"]
+                rates[name] = stage_firing_rates(trapo)[4]
+            held = "yes" if rates["adaptive"] < rates["published"] else "no"
+            measured = f"{rates['adaptive']:.0%} at T = 0.5 against {rates['published']:.0%} in A"
+            lines.append(f"| {comparison} | {sign} | {measured} | {held} | — |")
+            continue
+        interval = paired_bootstrap(results, "trapo", other, "greedy")
+        if interval is None:
+            raise ValueError(f"{run}: no per-problem results for trapo and {other!r}")
+        measured_sign = "+" if interval["mean"] > 0 else "−" if interval["mean"] < 0 else "0"
+        sign_held = "yes" if measured_sign == sign.replace("-", "−") else "**no**"
+        on_side = interval["low"] > 0 if sign == "+" else interval["high"] < 0  # excludes 0 on the predicted side
+        interval_held = "yes" if (on_side if excludes == "yes" else not interval["excludes_zero"]) else "**no**"
+        measured = (
+            f"{interval['mean']:+.3f} [{interval['low']:+.3f}, {interval['high']:+.3f}]"
+            f" (ahead on {interval['ahead']} of {interval['seeds']} seeds)"
+        )
+        lines.append(f"| {comparison} | {sign}, excludes 0: {excludes} | {measured} | {sign_held} | {interval_held} |")
+    return "\n".join(lines)
+
+
 SECTIONS = {
     "tuning": tuning_section,
+    "verdict": verdict_section,
     "published": lambda: results_section("published"),
     "structured": lambda: results_section("structured"),
     "adaptive": lambda: results_section("adaptive"),
