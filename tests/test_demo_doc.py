@@ -75,12 +75,14 @@ def test_the_verdict_reads_the_committed_predictions_and_says_which_held(tmp_pat
         (tmp_path / name).mkdir()
         (tmp_path / name / "results.json").write_text(json.dumps(_synthetic_results(margins, stage4=stage4)))
     monkeypatch.setattr(tool, "DATA", tmp_path)
-    rows = {line.split(" | ")[0][2:]: line for line in tool.verdict_section().splitlines()[2:]}
+    section = tool.verdict_section()
+    rows = {line.split(" | ")[0][2:]: line for line in section.splitlines()[2:] if line.startswith("|")}
     assert rows["A: TRAPO − grpo"].endswith("| yes | yes |")  # +0.5, interval above 0: both held
-    assert "+0.500" in rows["A: TRAPO − grpo"] and "ahead on 4 of 4 seeds" in rows["A: TRAPO − grpo"]
+    assert "+0.500" in rows["A: TRAPO − grpo"] and "TRAPO ahead on 4 of 4 seeds" in rows["A: TRAPO − grpo"]
     assert rows["A: TRAPO − sft"].endswith("| yes | **no** |")  # predicted to include 0; it excludes it
     assert rows["A: TRAPO − fixed-prefix"].endswith("| **no** | yes |")  # level: the sign did not hold
     assert "60% at T = 0.5 against 90% in A | yes |" in rows["C: TRAPO's stage-4 firing rate"]
+    assert section.endswith("Of 3 predicted signs, 2 held; of 3 interval predictions, 2 held.")
 
 
 def test_every_committed_prediction_names_a_stored_run_and_method():

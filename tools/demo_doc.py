@@ -100,6 +100,7 @@ def verdict_section() -> str:
 
     lines = ["| comparison | predicted | measured: mean [95% interval] | sign held | interval held |",
              "|---|---|---|---|---|"]  # fmt: skip
+    tally: dict[str, list[bool]] = {"sign": [], "interval": []}
     for comparison, sign, excludes in predictions():
         run, other = COMPARISONS[comparison]
         results = _results(run)
@@ -121,9 +122,15 @@ def verdict_section() -> str:
         interval_held = "yes" if (on_side if excludes == "yes" else not interval["excludes_zero"]) else "**no**"
         measured = (
             f"{interval['mean']:+.3f} [{interval['low']:+.3f}, {interval['high']:+.3f}]"
-            f" (ahead on {interval['ahead']} of {interval['seeds']} seeds)"
+            f" (TRAPO ahead on {interval['ahead']} of {interval['seeds']} seeds)"
         )
         lines.append(f"| {comparison} | {sign}, excludes 0: {excludes} | {measured} | {sign_held} | {interval_held} |")
+        tally["sign"].append(sign_held == "yes")
+        tally["interval"].append(interval_held == "yes")
+    lines.append(
+        f"\nOf {len(tally['sign'])} predicted signs, {sum(tally['sign'])} held; of {len(tally['interval'])} interval "
+        f"predictions, {sum(tally['interval'])} held."
+    )
     return "\n".join(lines)
 
 
