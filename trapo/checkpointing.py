@@ -111,6 +111,20 @@ class CrashSafeCheckpoints:
     def _load_extra_checkpoint_state(self, state: dict) -> None:
         """Restore what ``_extra_checkpoint_state`` saved (called on resume, per process)."""
 
+    def _get_train_sampler(self, dataset=None):
+        """The trainer's sampler, with each epoch's order a function of (seed, epoch) only.
+
+        TRL's `RepeatSampler` draws every epoch's permutation from one generator that runs on across epochs, so a
+        run resumed in epoch e ≥ 1 (a fresh sampler) would replay epoch 0's order instead of epoch e's. HF calls
+        ``set_epoch`` at the start of every epoch; reseeding there makes straight and resumed runs see the same data.
+        """
+        sampler = super()._get_train_sampler(dataset)
+        seed = getattr(sampler, "seed", None)
+        generator = getattr(sampler, "generator", None)
+        if seed is not None and generator is not None and not hasattr(sampler, "set_epoch"):
+            sampler.set_epoch = lambda epoch: generator.manual_seed(seed + epoch)
+        return sampler
+
     def _run_identity(self) -> dict:
         """This run's identity (`trapo.run_folder.run_identity`), saved with every checkpoint."""
         return run_identity(self.model, self.train_dataset, getattr(self.args, "method", "sft"), self.args.seed)

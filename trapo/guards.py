@@ -217,3 +217,30 @@ def skip_nonfinite_steps(optimizer: torch.optim.Optimizer, all_finite: Callable[
 
     optimizer.step = step
     optimizer._trapo_guarded = True
+
+
+class NonFiniteStepGuard:
+    """Trainer mixin (before the HF/TRL trainer class): the trainer's optimizer, with steps on non-finite gradients
+    skipped (`skip_nonfinite_steps`, on when ``args.skip_nonfinite_steps``), every process skipping together, each
+    skip counted in ``rollout_stats`` and logged as ``trapo/skipped_steps``."""
+
+    def create_optimizer(self, *args, **kwargs):
+        optimizer = super().create_optimizer(*args, **kwargs)
+        if self.args.skip_nonfinite_steps:
+            skip_nonfinite_steps(optimizer, self._all_processes_finite, self._on_skipped_step)
+        return optimizer
+
+    def _all_processes_finite(self, local_finite: bool) -> bool:
+        if self.accelerator.num_processes == 1:
+            return local_finite
+        flag = torch.tensor([0.0 if local_finite else 1.0], device=self.accelerator.device)
+        return bool(self.accelerator.reduce(flag, reduction="sum").item() == 0)
+
+    def _on_skipped_step(self) -> None:
+        self.rollout_stats["skipped_steps"] += 1
+        logger.warning(
+            "step %d: non-finite loss or gradient, optimizer step skipped (%d so far)",
+            self.state.global_step + 1,
+            self.rollout_stats["skipped_steps"],
+        )
+        self._metrics["train"]["trapo/skipped_steps"].append(float(self.rollout_stats["skipped_steps"]))

@@ -36,7 +36,7 @@ from trapo.core import MicroGroup, group_advantages, mixed_loss
 from trapo.data.validation import validate_training_rows, validate_with_tokenizer
 from trapo.distributed import CPUFullyShardedMixin, DeepSpeedGuardMixin
 from trapo.engines import TRLBatchGenerate, WaitThrough, enable_vllm_cpu_weight_sync, request_engine
-from trapo.guards import BoundedRewardCalls, UnscorableRewards, skip_nonfinite_steps
+from trapo.guards import BoundedRewardCalls, NonFiniteStepGuard, UnscorableRewards
 from trapo.ledger import BudgetLedgerMixin
 from trapo.logs import RolloutLogs
 from trapo.relift import ReliftMixin
@@ -56,6 +56,7 @@ class _PendingRollout:
 
 class TRAPOTrainer(
     CrashSafeCheckpoints,
+    NonFiniteStepGuard,
     BudgetLedgerMixin,
     ReliftMixin,
     DeepSpeedGuardMixin,
@@ -162,43 +163,7 @@ class TRAPOTrainer(
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(yaml.safe_dump(resolved, sort_keys=False, default_flow_style=None, allow_unicode=True))
 
-    # ------------------------------------------------------------------ reliability
-
-    def create_optimizer(self, *args, **kwargs):
-        """TRL's optimizer, with steps on non-finite gradients skipped (`trapo.guards.skip_nonfinite_steps`)."""
-        optimizer = super().create_optimizer(*args, **kwargs)
-        if self.args.skip_nonfinite_steps:
-            skip_nonfinite_steps(optimizer, self._all_processes_finite, self._on_skipped_step)
-        return optimizer
-
-    def _all_processes_finite(self, local_finite: bool) -> bool:
-        if self.accelerator.num_processes == 1:
-            return local_finite
-        flag = torch.tensor([0.0 if local_finite else 1.0], device=self.accelerator.device)
-        return bool(self.accelerator.reduce(flag, reduction="sum").item() == 0)
-
-    def _on_skipped_step(self) -> None:
-        self.rollout_stats["skipped_steps"] += 1
-        logger.warning(
-            "step %d: non-finite loss or gradient, optimizer step skipped (%d so far)",
-            self.state.global_step + 1,
-            self.rollout_stats["skipped_steps"],
-        )
-        self._metrics["train"]["trapo/skipped_steps"].append(float(self.rollout_stats["skipped_steps"]))
-
-    def _get_train_sampler(self, dataset=None):
-        """TRL's sampler, with each epoch's order a function of (seed, epoch) only.
-
-        TRL's `RepeatSampler` draws every epoch's permutation from one generator that runs on across epochs, so a
-        run resumed in epoch e ≥ 1 (a fresh sampler) would replay epoch 0's order instead of epoch e's. HF calls
-        ``set_epoch`` at the start of every epoch; reseeding there makes straight and resumed runs see the same data.
-        """
-        sampler = super()._get_train_sampler(dataset)
-        seed = getattr(sampler, "seed", None)
-        generator = getattr(sampler, "generator", None)
-        if seed is not None and generator is not None and not hasattr(sampler, "set_epoch"):
-            sampler.set_epoch = lambda epoch: generator.manual_seed(seed + epoch)
-        return sampler
+    # ------------------------------------------------------------------ checkpoints
 
     def _extra_checkpoint_state(self) -> dict:
         return {"rollout_stats": dict(self.rollout_stats), **self._relift_checkpoint_state()}
