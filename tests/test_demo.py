@@ -51,6 +51,7 @@ def test_quick_demo_writes_table_json_and_plots(tmp_path):
     again = subprocess.run([*cmd, *args], capture_output=True, text=True, timeout=600, env=env)
     assert again.returncode == 0, again.stderr[-3000:]
     assert "reusing 3 finished run(s)" in again.stdout and "training 1 runs" in again.stdout
+    assert "base model: reusing its held-out measurement" in again.stdout
     rerun = json.loads((out / "results.json").read_text())
     assert [r["method"] for r in rerun["runs"]] == [*methods, "trapo alpha=0.5"]
     assert rerun["runs"][:3] == json.loads(json.dumps(results["runs"]))
@@ -400,6 +401,31 @@ def test_a_saved_run_is_reused_only_under_the_same_settings(tmp_path):
     assert saved_record({**task, "seed": 4}) is None  # no file
     path.write_text('{"key": ')  # a run killed while writing
     assert saved_record(task) is None
+
+
+def test_the_base_is_measured_once_per_output_folder_and_again_when_what_it_depends_on_changes(tmp_path, monkeypatch):
+    from trapo.demo import runner
+
+    calls = []
+
+    def measure(base, settings, rows, log):
+        calls.append(settings.eval_split)
+        return {"hard": 0.25 * len(calls)}, {6: {"alone": {"pass": 0.0}}}
+
+    monkeypatch.setattr(runner, "measure_base", measure)
+    said = []
+    base = tmp_path / "demo-base-abc"
+    first = runner.measure_base_once(base, DemoSettings(output_dir=str(tmp_path)), [], said.append)
+    assert first == ({"hard": 0.25}, {6: {"alone": {"pass": 0.0}}}) and calls == ["valid"]
+    # More seeds or methods: the saved measurement, tiers as integers again, and a line that says so.
+    again = runner.measure_base_once(base, DemoSettings(output_dir=str(tmp_path), seeds=3), [], said.append)
+    assert again == first and calls == ["valid"] and said[-1].startswith("base model: reusing its held-out")
+    runner.measure_base_once(base, DemoSettings(output_dir=str(tmp_path), eval_split="test"), [], said.append)
+    runner.measure_base_once(tmp_path / "demo-base-other", DemoSettings(output_dir=str(tmp_path)), [], said.append)
+    assert calls == ["valid", "test", "valid"]  # another split, another base: measured again
+    (tmp_path / "runs" / "base.json").write_text('{"key": ')  # cut off while writing
+    runner.measure_base_once(base, DemoSettings(output_dir=str(tmp_path)), [], said.append)
+    assert len(calls) == 4
 
 
 def test_tuning_chooses_by_the_last_three_evaluations_over_seeds_and_breaks_ties_low():

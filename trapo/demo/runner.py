@@ -244,7 +244,7 @@ def run(settings: DemoSettings, log=print) -> dict:
     torch.set_num_threads(1)
     train_problems = make_problems(settings.train_problems, TRAIN_TIERS, "train", seed=0)
     rows = eval_rows(settings)
-    base_eval, regime = measure_base(base, settings, rows, log)
+    base_eval, regime = measure_base_once(base, settings, rows, log)
 
     runs = settings.runs()
     workers = 1 if settings.device == "cuda" else min(settings.workers, len(runs))
@@ -333,6 +333,34 @@ def provenance(settings: DemoSettings) -> dict:
                      "trl": trl.__version__},
         "base_model_key": settings.base.key(),
     }  # fmt: skip
+
+
+# The settings the base's measurement depends on (with the base itself and trapo's version): a rerun in the same
+# output folder that changes none of them (more seeds, methods or sweep values, a resume) reuses the measurement.
+_BASE_EVAL_FIELDS = ("eval_split", "eval_per_tier", "eval_hard", "max_completion_length", "sampled_eval_k",
+                     "sampled_eval_temperature", "regime_problems", "expert_order", "expert_deviation",
+                     "expert_mixture", "device")  # fmt: skip
+
+
+def measure_base_once(base: Path, settings: DemoSettings, eval_rows: list[dict], log) -> tuple[dict, dict]:
+    """`measure_base`, saved as ``runs/base.json`` in the output folder and reused while its key matches."""
+    import trapo
+
+    key = {"base": base.name, "trapo": trapo.__version__, **{k: getattr(settings, k) for k in _BASE_EVAL_FIELDS}}
+    path = Path(settings.output_dir) / "runs" / "base.json"
+    try:
+        saved = json.loads(path.read_text())
+        if saved["key"] == key:
+            log(f"base model: reusing its held-out measurement saved in {path}")
+            return saved["accuracy"], {int(tier): report for tier, report in saved["regime"].items()}
+    except (OSError, ValueError, KeyError):
+        pass  # none saved, or cut off while writing, or an older layout: measure again
+    accuracy, regime = measure_base(base, settings, eval_rows, log)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps({"key": key, "accuracy": accuracy, "regime": regime}))
+    tmp.replace(path)
+    return accuracy, regime
 
 
 def measure_base(base: Path, settings: DemoSettings, eval_rows: list[dict], log) -> tuple[dict, dict]:
