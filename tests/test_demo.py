@@ -17,9 +17,11 @@ from trapo.demo.report import format_table, paired_difference, summarize
 @pytest.mark.slow
 def test_quick_demo_writes_table_json_and_plots(tmp_path):
     out = tmp_path / "demo"
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    # `make test` runs this beside another test worker on two cores: one process, one thread (a second would only
+    # spin-wait for the core the other worker holds).
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "trapo.cli", "demo", "--quick", "--cache-dir", str(tmp_path / "cache")]
-    cmd += ["--workers", "1"]  # `make test` runs this beside another test worker on two cores
+    cmd += ["--workers", "1"]
     args = ["--methods", "trapo,sft-then-grpo", "--alpha", "0.05", "--learning-rate", "5e-4"]
     args += ["--sweep", "alpha=0.3", "--output-dir", str(out)]
     proc = subprocess.run([*cmd, *args], capture_output=True, text=True, timeout=600, env=env)
