@@ -135,7 +135,7 @@ def make_trainer(tmp_path, tokenizer):
 
 def pytest_collection_modifyitems(config, items):
     """Order for `make test`'s two workers (``--dist worksteal``: each starts on one half of the list, an idle one
-    steals from the other's end): the longest test (the quick demo, run twice, about 1.5 minutes) opens the first
+    steals from the other's end): the longest test (the quick demo, run twice, about 2 minutes) opens the first
     half, the other slow tests (about as long together) open the second, so they run side by side and the quick tests
     fill in around them."""
     slow = [item for item in items if item.get_closest_marker("slow") is not None]
