@@ -221,7 +221,7 @@ class _ScriptedModel:
 
 def test_sampled_evaluation_averages_over_every_sample_of_a_problem():
     """avg@k: a tier's accuracy is the share of right answers over all k samples of all its problems."""
-    from trapo.demo.runner import evaluate
+    from trapo.demo.evaluation import evaluate
     from trapo.tasks.chains import Problem, to_rows
     from trapo.tasks.tiny_model import build_tokenizer
 
@@ -406,7 +406,7 @@ def test_a_saved_run_is_reused_only_under_the_same_settings(tmp_path):
 
 
 def test_the_base_is_measured_once_per_output_folder_and_again_when_what_it_depends_on_changes(tmp_path, monkeypatch):
-    from trapo.demo import runner
+    from trapo.demo import base_eval
 
     calls = []
 
@@ -414,19 +414,19 @@ def test_the_base_is_measured_once_per_output_folder_and_again_when_what_it_depe
         calls.append(settings.eval_split)
         return {"hard": 0.25 * len(calls)}, {6: {"alone": {"pass": 0.0}}}
 
-    monkeypatch.setattr(runner, "measure_base", measure)
+    monkeypatch.setattr(base_eval, "measure_base", measure)
     said = []
     base = tmp_path / "demo-base-abc"
-    first = runner.measure_base_once(base, DemoSettings(output_dir=str(tmp_path)), [], said.append)
+    first = base_eval.measure_base_once(base, DemoSettings(output_dir=str(tmp_path)), [], said.append)
     assert first == ({"hard": 0.25}, {6: {"alone": {"pass": 0.0}}}) and calls == ["valid"]
     # More seeds or methods: the saved measurement, tiers as integers again, and a line that says so.
-    again = runner.measure_base_once(base, DemoSettings(output_dir=str(tmp_path), seeds=3), [], said.append)
+    again = base_eval.measure_base_once(base, DemoSettings(output_dir=str(tmp_path), seeds=3), [], said.append)
     assert again == first and calls == ["valid"] and said[-1].startswith("base model: reusing its held-out")
-    runner.measure_base_once(base, DemoSettings(output_dir=str(tmp_path), eval_split="test"), [], said.append)
-    runner.measure_base_once(tmp_path / "demo-base-other", DemoSettings(output_dir=str(tmp_path)), [], said.append)
+    base_eval.measure_base_once(base, DemoSettings(output_dir=str(tmp_path), eval_split="test"), [], said.append)
+    base_eval.measure_base_once(tmp_path / "demo-base-other", DemoSettings(output_dir=str(tmp_path)), [], said.append)
     assert calls == ["valid", "test", "valid"]  # another split, another base: measured again
     (tmp_path / "runs" / "base.json").write_text('{"key": ')  # cut off while writing
-    runner.measure_base_once(base, DemoSettings(output_dir=str(tmp_path)), [], said.append)
+    base_eval.measure_base_once(base, DemoSettings(output_dir=str(tmp_path)), [], said.append)
     assert len(calls) == 4
 
 
