@@ -101,19 +101,25 @@ def verdict_section() -> str:
     lines = ["| comparison | predicted | measured: mean [95% interval] | sign held | interval held |",
              "|---|---|---|---|---|"]  # fmt: skip
     tally: dict[str, list[bool]] = {"sign": [], "interval": []}
+    stored: dict[str, dict] = {}
+
+    def load(name: str) -> dict:  # each results file read once (run A's is 2 MB, and 12 rows compare against it)
+        if name not in stored:
+            stored[name] = _results(name)
+        return stored[name]
+
     for comparison, sign, excludes in predictions():
         run, other = COMPARISONS[comparison]
-        results = _results(run)
         if other == "stage 4":
             rates = {}
             for name in ("adaptive", "published"):
-                trapo = [r for r in _results(name)["runs"] if r["method"] == "trapo"]
+                trapo = [r for r in load(name)["runs"] if r["method"] == "trapo"]
                 rates[name] = stage_firing_rates(trapo)[4]
             held = "yes" if rates["adaptive"] < rates["published"] else "no"
             measured = f"{rates['adaptive']:.0%} at T = 0.5 against {rates['published']:.0%} in A"
             lines.append(f"| {comparison} | {sign} | {measured} | {held} | — |")
             continue
-        interval = paired_bootstrap(results, "trapo", other, "greedy")
+        interval = paired_bootstrap(load(run), "trapo", other, "greedy")
         if interval is None:
             raise ValueError(f"{run}: no per-problem results for trapo and {other!r}")
         measured_sign = "+" if interval["mean"] > 0 else "−" if interval["mean"] < 0 else "0"
